@@ -1,0 +1,4 @@
+from sim_tf.cli import main
+
+if __name__ == "__main__":
+    main()

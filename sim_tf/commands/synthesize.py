@@ -1,0 +1,71 @@
+"""sim-tf synthesize: write a synthetic click dataset with a planted long/short-history signal."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+
+from absl import flags
+
+from sim_tf.data import synthetic
+from sim_tf.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("preset", "small", list(synthetic.PRESETS), "Dataset shape to start from.")
+flags.DEFINE_string("output", None, "Folder to write feature_spec.yaml and the TFRecord shards to.")
+flags.DEFINE_integer("users", None, "Override the preset's number of users.")
+flags.DEFINE_integer("items", None, "Override the preset's number of items.")
+flags.DEFINE_integer("categories", None, "Override the preset's number of categories.")
+flags.DEFINE_integer("history_length", None, "Override the preset's history length L.")
+flags.DEFINE_integer("train_samples", None, "Override the preset's number of training samples.")
+flags.DEFINE_integer("test_samples", None, "Override the preset's number of test samples.")
+flags.DEFINE_integer("seed", 0, "Random seed; the same seed writes the same dataset.")
+flags.DEFINE_integer("num_files", 8, "TFRecord shards for the train split (the test split gets a quarter).", lower_bound=1)
+flags.DEFINE_integer(
+    "prebatch_size", 32, "Samples per TFRecord record (the recipe's prebatched layout; rows are shuffled "
+    "before writing). 1 writes one Example per sample, which reads ~3x slower.", lower_bound=1,
+)
+flags.DEFINE_boolean("overwrite", False, "Replace an existing dataset in --output.")
+flags.mark_flag_as_required("output")
+
+
+def config_from_flags() -> synthetic.SyntheticConfig:
+    overrides = {
+        name: getattr(FLAGS, name)
+        for name in ("users", "items", "categories", "history_length", "train_samples", "test_samples")
+        if getattr(FLAGS, name) is not None
+    }
+    overrides["seed"] = FLAGS.seed
+    try:
+        return dataclasses.replace(synthetic.PRESETS[FLAGS.preset], **overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def write(config: synthetic.SyntheticConfig, output: str, num_files: int, prebatch_size: int, overwrite: bool):
+    """Writes into a temporary sibling folder and renames it, so a crash never leaves a partial dataset."""
+    if os.path.exists(output) and os.listdir(output) and not overwrite:
+        raise UserError(f"{output!r} already exists and is not empty; pass --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{os.path.basename(os.path.abspath(output))}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        synthetic.synthesize(config, staging, num_files=num_files, prebatch_size=prebatch_size)
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv):
+    del argv
+    config = config_from_flags()
+    started = time.perf_counter()
+    write(config, FLAGS.output, FLAGS.num_files, FLAGS.prebatch_size, FLAGS.overwrite)
+    print(f"dataset written to {FLAGS.output} in {time.perf_counter() - started:.1f}s "
+          f"(preset {FLAGS.preset}: {config.users:,} users, {config.items:,} items, {config.categories:,} categories, "
+          f"L={config.history_length})")

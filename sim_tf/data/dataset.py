@@ -1,0 +1,290 @@
+"""The TFRecord input pipeline: FeatureSpec + mapping -> a batched tf.data.Dataset of model inputs.
+
+Each element is ``(features, label)``:
+
+* ``label``: float32 [B].
+* ``features["user_features"]``: tuple of int32 [B], one per user feature.
+* ``features["target_item_features"]``: tuple of int32 [B], one per item feature.
+* ``features["long_history"]``: tuple of int32 [B, Ll], the oldest ``long_seq_length`` positions.
+* ``features["short_history"]``: tuple of int32 [B, Ls], the newest ``L - Ll`` positions.
+* ``features["short_neg_history"]``: tuple of int32 [B, Ls], the negative history's newest positions.
+* ``features["long_history_mask"]`` / ``features["short_history_mask"]``: float32, 1 where the
+  first positive-history feature is a real behaviour (id > 0), 0 on left padding.
+
+Two record layouts are read: one sample per ``tf.train.Example`` and the recipe's *prebatched* layout
+(P samples per Example, histories sample-major, a partial batch in ``remainder.tfrecord``). Records are
+batched first and parsed a batch at a time, which is several times faster than parsing one by one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import tensorflow as tf
+
+from sim_tf.data import feature_spec as fs
+from sim_tf.errors import UserError
+
+AUTOTUNE = tf.data.AUTOTUNE
+USER = "user_features"
+TARGET = "target_item_features"
+LONG_HISTORY = "long_history"
+SHORT_HISTORY = "short_history"
+SHORT_NEG_HISTORY = "short_neg_history"
+LONG_MASK = "long_history_mask"
+SHORT_MASK = "short_history_mask"
+
+
+class DataError(UserError):
+    """A dataset whose records do not match its FeatureSpec, or ids outside their vocabulary."""
+
+
+_ID_CHECK_PREFIX = "feature"
+_ASSERTION = re.compile(r"assertion failed: (\[.*?\])\s*(?:\n|\[\[|$)", re.S)
+
+
+def explain_data_error(error: tf.errors.OpError) -> DataError | None:
+    """Turns the input pipeline's id-range assertion (raised deep inside tf.data) into a DataError."""
+    match = _ASSERTION.search(error.message or "")
+    if not match:
+        return None
+    parts = re.findall(r"\[([^\[\]]*)\]", match.group(1))
+    return DataError(" ".join(p.strip() for p in parts))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputOptions:
+    """How to read one mapping. ``shuffle=None`` means: shuffle the train mapping only."""
+
+    long_seq_length: int = 90
+    shuffle: bool | None = None
+    shuffle_buffer: int = 0  # records; 0 picks 8 batches' worth (at most 65,536 records)
+    seed: int | None = None
+    drop_remainder: bool = False
+    cache: bool = False
+    repeat: int = 1  # passes over the data per iteration of the dataset; 0 or less repeats forever
+    prefetch: int = AUTOTUNE
+    out_of_range: str | None = None  # "error" | "oov"; None takes the FeatureSpec's metadata
+    deterministic: bool = True
+    num_parallel_reads: int = 4
+    prebatch_size: int | None = None  # None detects it from metadata or the first record
+
+    def __post_init__(self):
+        if self.long_seq_length < 0:
+            raise ValueError(f"long_seq_length must be >= 0, got {self.long_seq_length}")
+        if self.shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.out_of_range not in (None, *fs.OUT_OF_RANGE_POLICIES):
+            raise ValueError(f"out_of_range must be one of {fs.OUT_OF_RANGE_POLICIES}, got {self.out_of_range!r}")
+        if self.prebatch_size is not None and self.prebatch_size < 1:
+            raise ValueError(f"prebatch_size must be >= 1, got {self.prebatch_size}")
+
+
+def embedding_rows(cardinality: int, out_of_range: str) -> int:
+    """Rows of an embedding table: ids 0 (padding) .. cardinality, plus one OOV row if asked for."""
+    return cardinality + 1 + (1 if out_of_range == "oov" else 0)
+
+
+def _parse_spec(spec: fs.FeatureSpec, ragged: bool) -> dict[str, Any]:
+    out = {}
+    for name in spec.channel_features():
+        if ragged:
+            out[name] = tf.io.RaggedFeature(tf.int64)
+        else:
+            length = spec.history_length if spec.is_history(name) else 1
+            out[name] = tf.io.FixedLenFeature([length], tf.int64)
+    return out
+
+
+def _first_record(path: str) -> bytes:
+    for record in tf.data.TFRecordDataset(path).take(1):
+        return record.numpy()
+    raise DataError(f"data file {path!r} holds no records")
+
+
+def inspect_layout(spec: fs.FeatureSpec, mapping: str) -> int:
+    """Checks the first record of ``mapping`` against the spec and returns its prebatch size P.
+
+    Reading one record takes milliseconds and turns a mismatch between spec and data into a clear
+    message before any training starts.
+    """
+    files = spec.files(mapping)
+    first = files[0]
+    example = tf.train.Example()
+    try:
+        example.ParseFromString(_first_record(first))
+    except tf.errors.OpError as e:
+        raise DataError(f"data file {first!r} is not a readable TFRecord file: {e.message}") from None
+    except Exception as e:  # a protobuf DecodeError: the records are not tf.train.Example
+        raise DataError(f"the first record of {first!r} is not a tf.train.Example: {e}") from None
+    stored = example.features.feature
+    label_count = None
+    for name in spec.channel_features():
+        if name not in stored:
+            raise DataError(f"data file {first!r}: feature {name!r} from the spec is not in its records")
+        values = stored[name].int64_list.value
+        kind = stored[name].WhichOneof("kind")
+        if kind != "int64_list":
+            raise DataError(f"data file {first!r}: feature {name!r} is stored as {kind}, expected int64_list")
+        if name == spec.label_feature:
+            label_count = len(values)
+    assert label_count is not None
+    if label_count == 0:
+        raise DataError(f"data file {first!r}: the label feature {spec.label_feature!r} is empty")
+    is_remainder = first.endswith("remainder.tfrecord")
+    prebatch = int(spec.metadata.get("prebatch_size", label_count))
+    for name in spec.channel_features():
+        count = len(stored[name].int64_list.value)
+        per_sample = spec.history_length if spec.is_history(name) else 1
+        if count != label_count * per_sample:
+            raise DataError(
+                f"data file {first!r}: feature {name!r} holds {count} values for {label_count} sample(s); the spec "
+                f"says {per_sample} per sample (dimensions {spec.feature_spec[name].get('dimensions', [1])})"
+            )
+    return prebatch if not is_remainder else max(prebatch, label_count)
+
+
+def sample_count(spec: fs.FeatureSpec, mapping: str) -> int:
+    """Samples in ``mapping``: from metadata when the writer stored it, else by reading the labels."""
+    stored = spec.metadata.get("samples", {})
+    if isinstance(stored, dict) and mapping in stored:
+        return int(stored[mapping])
+    label = spec.label_feature
+    ds = tf.data.TFRecordDataset(spec.files(mapping), num_parallel_reads=4).batch(4096)
+    ds = ds.map(lambda r: tf.io.parse_example(r, {label: tf.io.RaggedFeature(tf.int64)})[label].values)
+    total = ds.reduce(tf.constant(0, tf.int64), lambda acc, v: acc + tf.size(v, out_type=tf.int64))
+    return int(total.numpy())
+
+
+class _Transform:
+    """Parsed int64 features -> the model's nested dict (casts, range checks, history split, masks)."""
+
+    def __init__(self, spec: fs.FeatureSpec, long_seq_length: int, out_of_range: str):
+        length = spec.history_length
+        if not 0 < long_seq_length < length:
+            raise ValueError(
+                f"long_seq_length {long_seq_length} must be between 1 and the history length minus 1 "
+                f"({length - 1}); the dataset's histories have {length} positions"
+            )
+        self.spec = spec
+        self.long = long_seq_length
+        self.out_of_range = out_of_range
+
+    def _ids(self, values: tf.Tensor, name: str) -> tf.Tensor:
+        card = self.spec.cardinality(name)
+        if self.out_of_range == "oov":
+            bad = (values < 0) | (values > card)
+            values = tf.where(bad, tf.constant(card + 1, values.dtype), values)
+        else:
+            low = tf.reduce_min(values)
+            high = tf.reduce_max(values)
+            check = tf.debugging.Assert(
+                (low >= 0) & (high <= card),
+                [
+                    f"{_ID_CHECK_PREFIX} {name} has ids outside 0..{card}; smallest and largest in the batch:",
+                    low,
+                    high,
+                    "- fix the data, or set out_of_range_ids: oov in the FeatureSpec metadata to map such ids "
+                    "to an out-of-vocabulary row",
+                ],
+                name=f"check_ids_{name}",
+            )
+            with tf.control_dependencies([check]):
+                values = tf.identity(values)
+        return tf.cast(values, tf.int32)
+
+    def __call__(self, parsed: dict[str, tf.Tensor]):
+        spec = self.spec
+        length = spec.history_length
+        label = tf.cast(tf.reshape(parsed[spec.label_feature], [-1]), tf.float32)
+        users = tuple(self._ids(tf.reshape(parsed[n], [-1]), n) for n in spec.user_features)
+        targets = tuple(self._ids(tf.reshape(parsed[n], [-1]), n) for n in spec.target_item_features)
+        positives = [self._ids(tf.reshape(parsed[n], [-1, length]), n) for n in spec.positive_history_features]
+        negatives = [
+            self._ids(tf.reshape(parsed[n], [-1, length])[:, self.long :], n) for n in spec.negative_history_features
+        ]
+        mask = tf.cast(positives[0] > 0, tf.float32)
+        features = {
+            USER: users,
+            TARGET: targets,
+            LONG_HISTORY: tuple(p[:, : self.long] for p in positives),
+            SHORT_HISTORY: tuple(p[:, self.long :] for p in positives),
+            SHORT_NEG_HISTORY: tuple(negatives),
+            LONG_MASK: mask[:, : self.long],
+            SHORT_MASK: mask[:, self.long :],
+        }
+        return features, label
+
+
+def make_dataset(
+    spec: fs.FeatureSpec,
+    mapping: str,
+    global_batch_size: int,
+    input_context: tf.distribute.InputContext | None = None,
+    options: InputOptions = InputOptions(),
+) -> tf.data.Dataset:
+    """Builds the input pipeline of one mapping for one input pipeline (worker).
+
+    With an ``input_context`` the pipeline reads its share of the data: whole files when there are at
+    least as many files as pipelines, every n-th record otherwise; either way each sample is read by
+    exactly one pipeline. Batches are per replica (``global_batch_size / num_replicas_in_sync``).
+    """
+    if global_batch_size < 1:
+        raise ValueError(f"global batch size must be >= 1, got {global_batch_size}")
+    if input_context is not None:
+        if global_batch_size % input_context.num_replicas_in_sync:
+            raise ValueError(
+                f"global batch size {global_batch_size} is not divisible by the {input_context.num_replicas_in_sync} "
+                f"replicas"
+            )
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+    else:
+        batch_size, pipelines, pipeline_id = global_batch_size, 1, 0
+    shuffle = (mapping == "train") if options.shuffle is None else options.shuffle
+    out_of_range = options.out_of_range or spec.out_of_range_ids
+    transform = _Transform(spec, options.long_seq_length, out_of_range)
+    prebatch = options.prebatch_size or inspect_layout(spec, mapping)
+
+    files = spec.files(mapping)
+    file_ds = tf.data.Dataset.from_tensor_slices(files)
+    shard_records = pipelines > 1 and len(files) < pipelines
+    if pipelines > 1 and not shard_records:
+        file_ds = file_ds.shard(pipelines, pipeline_id)
+    if shuffle and len(files) > 1 and not options.cache:
+        file_ds = file_ds.shuffle(len(files), seed=options.seed, reshuffle_each_iteration=True)
+    # Unshuffled mappings are read file after file, so rows come in the order the spec lists them.
+    reads = max(1, min(options.num_parallel_reads, len(files))) if shuffle else 1
+    records = tf.data.TFRecordDataset(file_ds, num_parallel_reads=reads if reads > 1 else None)
+    if shard_records:
+        records = records.shard(pipelines, pipeline_id)
+    if options.cache:
+        records = records.cache()
+    records_per_batch = max(1, batch_size // prebatch)
+    if shuffle:
+        buffer = options.shuffle_buffer or min(65536, 8 * records_per_batch)
+        records = records.shuffle(buffer, seed=options.seed, reshuffle_each_iteration=True)
+    if options.repeat != 1:
+        records = records.repeat(None if options.repeat <= 0 else options.repeat)
+
+    if prebatch == 1:
+        parse_spec = _parse_spec(spec, ragged=False)
+        ds = records.batch(batch_size, drop_remainder=options.drop_remainder)
+        ds = ds.map(lambda r: transform(tf.io.parse_example(r, parse_spec)), num_parallel_calls=AUTOTUNE)
+    else:
+        parse_spec = _parse_spec(spec, ragged=True)
+
+        def parse_flat(serialized):
+            parsed = tf.io.parse_example(serialized, parse_spec)
+            return transform({k: v.flat_values for k, v in parsed.items()})
+
+        ds = records.batch(records_per_batch).map(parse_flat, num_parallel_calls=AUTOTUNE)
+        ds = ds.rebatch(batch_size, drop_remainder=options.drop_remainder)
+
+    ds_options = tf.data.Options()
+    ds_options.deterministic = options.deterministic
+    ds_options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    ds = ds.with_options(ds_options)
+    return ds.prefetch(options.prefetch)

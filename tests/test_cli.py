@@ -1,0 +1,52 @@
+"""The console script end to end, as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sim_tf.data import feature_spec as fs
+
+
+def run(*args, check=True, timeout=300):
+    result = subprocess.run([sys.executable, "-m", "sim_tf", *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"sim-tf {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_usage_and_unknown_command():
+    assert "synthesize" in run("--help").stdout
+    result = run("frobnicate", check=False)
+    assert result.returncode == 2 and "unknown command 'frobnicate'" in result.stderr
+
+
+def test_synthesize_then_inspect(tmp_path):
+    out = str(tmp_path / "tiny")
+    result = run("synthesize", "--preset", "tiny", "--output", out, "--train_samples", "600", "--seed", "3")
+    assert "dataset written to" in result.stdout
+    spec = fs.FeatureSpec.from_yaml(os.path.join(out, "feature_spec.yaml"))
+    assert spec.metadata["samples"] == {"train": 600, "test": 1024}
+    assert not [p for p in os.listdir(tmp_path) if "partial" in p]
+    info = run("inspect", "--dataset_dir", out).stdout
+    assert "train: 600 samples" in info and "prebatched, 32 samples per record" in info
+    again = run("synthesize", "--preset", "tiny", "--output", out, check=False)
+    assert again.returncode == 1 and "already exists and is not empty; pass --overwrite" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["synthesize", "--preset", "huge", "--output", "x"], "flag --preset=huge"),
+        (["synthesize"], "Flag --output must have a value other than None"),
+        (["synthesize", "--output", "x", "--num_files", "0"], "--num_files"),
+        (["synthesize", "--preset", "tiny", "--output", "x", "--categories", "5000"], "need at least as many items"),
+        (["inspect", "--dataset_dir", "/nonexistent"], "does not exist"),
+    ],
+)
+def test_bad_flags_give_one_clear_message(args, message, tmp_path):
+    result = run(*args, check=False)
+    assert result.returncode in (1, 2)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
