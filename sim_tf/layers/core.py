@@ -1,0 +1,200 @@
+"""Building blocks shared by DIN, DIEN and SIM: embeddings, the CTR MLP, masked pooling and attention.
+
+Shapes: B batch, T sequence positions, D feature width. Masks are float tensors, 1 for a real
+behaviour and 0 for padding. Layers compute in the layer's compute dtype (bfloat16/float16 under a
+mixed policy) but keep variables, and wherever stated their outputs, in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+
+def _check_positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(values)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"{name} must be positive integers, got {values!r}")
+    return values
+
+
+def masked_softmax(scores: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Softmax over the last axis of ``scores`` [B, T] restricted to ``mask`` [B, T].
+
+    Masked scores are set to the dtype's minimum before the softmax, and the weights are multiplied by
+    the mask afterwards, so a row with no real position gets all-zero weights instead of a uniform 1/T.
+    """
+    mask = tf.cast(mask, scores.dtype)
+    lowest = tf.constant(scores.dtype.min, scores.dtype)
+    weights = tf.nn.softmax(tf.where(mask > 0, scores, lowest), axis=-1)
+    return weights * mask
+
+
+def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean of ``values`` [B, T, D] over the positions where ``mask`` [B, T] is 1; zeros when none is.
+
+    (The reference divides by count + 1, which shrinks every mean; this is the true mean.)
+    """
+    mask = tf.cast(mask, values.dtype)
+    total = tf.einsum("btd,bt->bd", values, mask)
+    count = tf.reduce_sum(mask, axis=-1, keepdims=True)
+    return total / tf.maximum(count, tf.ones_like(count))
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class EmbeddingTable(keras.layers.Layer):
+    """One embedding table: ids [...] int -> vectors [..., dim].
+
+    The table is ``[rows, dim]`` float32 even under a mixed policy (outputs are cast to the compute
+    dtype), initialised uniform(-sqrt(1/rows), sqrt(1/rows)) like the recipe; row 0 is padding. Lookups
+    use ``tf.gather``, so the table's gradient is an ``IndexedSlices`` touching only the looked-up rows.
+    """
+
+    def __init__(self, rows: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_ints("rows and dim", (rows, dim))
+        self.rows = rows
+        self.dim = dim
+
+    def build(self, input_shape=None):
+        limit = math.sqrt(1.0 / self.rows)
+        self.table = self.add_weight(
+            name="table",
+            shape=(self.rows, self.dim),
+            dtype="float32",
+            initializer=keras.initializers.RandomUniform(-limit, limit),
+        )
+        self.built = True
+
+    def call(self, ids):
+        return tf.cast(tf.gather(self.table, ids), self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows, "dim": self.dim}
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class MLP(keras.layers.Layer):
+    """The CTR head: [Dense(h) -> PReLU] for each hidden size h, then a float32 Dense(1) logit.
+
+    PReLU has one slope per unit, initialised to 0.1. With ``dropout_rate`` > 0, dropout is applied to
+    the last hidden layer's output (before the logit). Input [B, D] -> logit [B] float32.
+    """
+
+    def __init__(self, hidden_units: Sequence[int], dropout_rate: float = -1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = _check_positive_ints("hidden_units", hidden_units)
+        if dropout_rate >= 1.0:
+            raise ValueError(f"dropout_rate must be < 1 (or <= 0 to disable), got {dropout_rate}")
+        self.dropout_rate = float(dropout_rate)
+        self.dense = [keras.layers.Dense(h, name=f"dense_{i}") for i, h in enumerate(self.hidden_units)]
+        self.prelu = [
+            keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.1), name=f"prelu_{i}")
+            for i in range(len(self.hidden_units))
+        ]
+        self.dropout = keras.layers.Dropout(self.dropout_rate) if self.dropout_rate > 0 else None
+        self.logit = keras.layers.Dense(1, dtype="float32", name="logit")
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        for dense, prelu in zip(self.dense, self.prelu):
+            dense.build((None, width))
+            width = dense.units
+            prelu.build((None, width))
+        self.logit.build((None, width))
+        self.built = True
+
+    def call(self, inputs, training=False):
+        x = inputs
+        for dense, prelu in zip(self.dense, self.prelu):
+            x = prelu(dense(x))
+        if self.dropout is not None:
+            x = self.dropout(x, training=training)
+        return tf.squeeze(self.logit(x), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": list(self.hidden_units), "dropout_rate": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class DinActivationUnit(keras.layers.Layer):
+    """The DIN paper's activation unit: score_t = MLP([q, k_t, q - k_t, q * k_t]) with 80 -> 40 -> 1 units.
+
+    Inputs query [B, D] and keys [B, T, D]; output scores [B, T] (unnormalised).
+    """
+
+    def __init__(self, hidden_units: Sequence[int] = (80, 40), **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = _check_positive_ints("hidden_units", hidden_units)
+        self.dense = [keras.layers.Dense(h, name=f"dense_{i}") for i, h in enumerate(self.hidden_units)]
+        self.prelu = [
+            keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.1), shared_axes=[1], name=f"prelu_{i}")
+            for i in range(len(self.hidden_units))
+        ]
+        self.out = keras.layers.Dense(1, name="score")
+
+    def build(self, input_shape):
+        width = 4 * input_shape[-1]
+        for dense, prelu in zip(self.dense, self.prelu):
+            dense.build((None, None, width))
+            width = dense.units
+            prelu.build((None, None, width))
+        self.out.build((None, None, width))
+        self.built = True
+
+    def call(self, query, keys):
+        q = tf.broadcast_to(query[:, None, :], tf.shape(keys))
+        x = tf.concat([q, keys, q - keys, q * keys], axis=-1)
+        for dense, prelu in zip(self.dense, self.prelu):
+            x = prelu(dense(x))
+        return tf.squeeze(self.out(x), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": list(self.hidden_units)}
+
+
+ATTENTION_KINDS = ("dot", "din")
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class AttentionPooling(keras.layers.Layer):
+    """Target attention over a behaviour sequence.
+
+    * ``kind="dot"`` (the recipe's default): score_t = <k_t, q>, weights = masked softmax over t.
+    * ``kind="din"``: score_t from :class:`DinActivationUnit`; as in the DIN paper the weights are the
+      raw scores (no softmax), zeroed on padding.
+
+    ``call(query [B, D], keys [B, T, D], mask [B, T])`` returns (pooled [B, D], scores [B, T]); a row
+    with no real position pools to zeros. The scores (masked positions at the dtype's minimum) are what
+    SIM's top-k search ranks by.
+    """
+
+    def __init__(self, kind: str = "dot", **kwargs):
+        super().__init__(**kwargs)
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention kind must be one of {ATTENTION_KINDS}, got {kind!r}")
+        self.kind = kind
+        self.unit = DinActivationUnit(name="activation_unit") if kind == "din" else None
+
+    def build(self, input_shape):
+        if self.unit is not None:
+            self.unit.build(input_shape)
+        self.built = True
+
+    def call(self, query, keys, mask):
+        mask = tf.cast(mask, keys.dtype)
+        if self.unit is None:
+            scores = tf.einsum("btd,bd->bt", keys, query)
+            weights = masked_softmax(scores, mask)
+        else:
+            scores = self.unit(query, keys)
+            weights = scores * mask
+        pooled = tf.einsum("bt,btd->bd", weights, keys)
+        ranked = tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
+        return pooled, ranked
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind}

@@ -1,0 +1,173 @@
+"""DIEN's pieces: a masked GRU, the AUGRU, DIEN attention and the auxiliary network.
+
+Recurrence (DIEN paper, eqs. 1-4 and 8-9), for input i_t and state h_{t-1}:
+
+    u_t  = sigmoid(W_u i_t + U_u h_{t-1} + b_u)            update gate
+    r_t  = sigmoid(W_r i_t + U_r h_{t-1} + b_r)            reset gate
+    h~_t = tanh(W_h i_t + r_t * (U_h h_{t-1}) + b_h)       candidate
+    GRU:   h_t = (1 - u_t) * h_{t-1} + u_t * h~_t
+    AUGRU: h_t = (1 - a_t u_t) * h_{t-1} + a_t u_t * h~_t  (a_t the attention weight of step t)
+
+On a padded step (mask 0) the state is carried over unchanged, so outputs do not depend on how much
+left padding a history has. (The reference passes no mask, and its AUGRU updates the state on padded
+steps.) The short history is ~10 steps, so the loop is unrolled; the input projections of all steps are
+computed with one matmul before the loop.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from sim_tf.layers.core import masked_softmax
+
+
+class _GatedRecurrence(keras.layers.Layer):
+    """Shared GRU machinery; subclasses decide how the update gate is scaled."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(f"units must be a positive integer, got {units!r}")
+        self.units = units
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        self.input_kernel = self.add_weight(
+            name="input_kernel", shape=(width, 3 * self.units), initializer="glorot_uniform"
+        )
+        self.recurrent_kernel = self.add_weight(
+            name="recurrent_kernel", shape=(self.units, 3 * self.units), initializer="orthogonal"
+        )
+        self.bias = self.add_weight(name="bias", shape=(3 * self.units,), initializer="zeros")
+        self.built = True
+
+    def _run(self, inputs, mask, attention):
+        dtype = self.compute_dtype
+        inputs = tf.cast(inputs, dtype)
+        mask = tf.cast(mask, dtype)
+        steps = inputs.shape[1]
+        if steps is None:
+            raise ValueError("the sequence length must be static (it is fixed by the FeatureSpec)")
+        w = tf.cast(self.input_kernel, dtype)
+        u = tf.cast(self.recurrent_kernel, dtype)
+        projected = tf.einsum("btd,dk->btk", inputs, w) + tf.cast(self.bias, dtype)
+        state = tf.zeros(tf.stack([tf.shape(inputs)[0], self.units]), dtype)
+        states = []
+        for t in range(steps):
+            x_u, x_r, x_h = tf.split(projected[:, t], 3, axis=-1)
+            h_u, h_r, h_h = tf.split(tf.matmul(state, u), 3, axis=-1)
+            update = tf.sigmoid(x_u + h_u)
+            reset = tf.sigmoid(x_r + h_r)
+            candidate = tf.tanh(x_h + reset * h_h)
+            if attention is not None:
+                update = update * tf.cast(attention[:, t : t + 1], dtype)
+            new_state = (1.0 - update) * state + update * candidate
+            keep = mask[:, t : t + 1]
+            state = keep * new_state + (1.0 - keep) * state
+            states.append(state)
+        return tf.stack(states, axis=1), state
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class MaskedGRU(_GatedRecurrence):
+    """GRU over inputs [B, T, D] with mask [B, T]; returns (all states [B, T, H], final state [B, H])."""
+
+    def call(self, inputs, mask):
+        return self._run(inputs, mask, None)
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class AUGRU(_GatedRecurrence):
+    """GRU with attentional update gate (DIEN's interest evolution layer).
+
+    ``call(inputs [B, T, D], mask [B, T], attention [B, T])`` returns the final state [B, H]. With
+    attention 0 a step leaves the state unchanged; with attention 1 it is a plain GRU step.
+    """
+
+    def call(self, inputs, mask, attention):
+        return self._run(inputs, mask, attention)[1]
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class DienAttention(keras.layers.Layer):
+    """DIEN attention of a target over interest states.
+
+    q' = PReLU(Dense(H)(q)); score_t = MLP([q', h_t, q' - h_t, q' * h_t]) with sigmoid hidden layers
+    (80, 40) -> 1; weights = masked softmax over t. Inputs query [B, Dq], states [B, T, H], mask [B, T];
+    output weights [B, T].
+    """
+
+    def __init__(self, units: int, hidden_units=(80, 40), **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(f"units must be a positive integer, got {units!r}")
+        self.units = units
+        self.hidden_units = tuple(hidden_units)
+        self.query_dense = keras.layers.Dense(units, name="query_dense")
+        self.query_prelu = keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.1), name="query_prelu")
+        self.dense = [
+            keras.layers.Dense(h, activation="sigmoid", name=f"dense_{i}") for i, h in enumerate(self.hidden_units)
+        ]
+        self.out = keras.layers.Dense(1, name="score")
+
+    def build(self, query_shape, states_shape=None):
+        self.query_dense.build((None, query_shape[-1]))
+        self.query_prelu.build((None, self.units))
+        width = 4 * self.units
+        for dense in self.dense:
+            dense.build((None, None, width))
+            width = dense.units
+        self.out.build((None, None, width))
+        self.built = True
+
+    def call(self, query, states, mask):
+        q = self.query_prelu(self.query_dense(query))
+        q = tf.broadcast_to(q[:, None, :], tf.shape(states))
+        x = tf.concat([q, states, q - states, q * states], axis=-1)
+        for dense in self.dense:
+            x = dense(x)
+        scores = tf.squeeze(self.out(x), axis=-1)
+        return masked_softmax(scores, mask)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "hidden_units": list(self.hidden_units)}
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class AuxiliaryNetwork(keras.layers.Layer):
+    """DIEN's auxiliary classifier: logit of "behaviour e follows interest state h".
+
+    Input concat[h_t, e_{t+1}] -> sigmoid MLP (100, 50) -> 1. ``call(states [B, T, H], items [B, T, D])``
+    returns logits [B, T] in float32 (the loss works on logits, which is numerically stable).
+    """
+
+    def __init__(self, hidden_units=(100, 50), **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = tuple(hidden_units)
+        if not all(isinstance(h, int) and h > 0 for h in self.hidden_units):
+            raise ValueError(f"hidden_units must be positive integers, got {hidden_units!r}")
+        self.dense = [
+            keras.layers.Dense(h, activation="sigmoid", name=f"dense_{i}") for i, h in enumerate(self.hidden_units)
+        ]
+        self.out = keras.layers.Dense(1, dtype="float32", name="logit")
+
+    def build(self, states_shape, items_shape=None):
+        width = states_shape[-1] + (items_shape[-1] if items_shape is not None else 0)
+        for dense in self.dense:
+            dense.build((None, None, width))
+            width = dense.units
+        self.out.build((None, None, width))
+        self.built = True
+
+    def call(self, states, items):
+        x = tf.concat([states, tf.cast(items, states.dtype)], axis=-1)
+        for dense in self.dense:
+            x = dense(x)
+        return tf.squeeze(self.out(x), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": list(self.hidden_units)}

@@ -1,0 +1,261 @@
+"""DIN, DIEN and SIM as Keras 3 models over the input pipeline's nested features.
+
+Each model's ``call(features, training)`` returns a dict:
+
+* ``logit`` [B] float32 and ``prediction`` [B] float32 (its sigmoid) — for SIM the stage-two logit;
+* SIM: ``stage_one_logit`` [B];
+* DIEN, SIM: ``aux_click_logits``, ``aux_noclick_logits``, ``aux_pair_mask`` [B, Ls - 1].
+
+Embeddings: one table per user feature and one per item-feature position (shared by the target, the
+positive and the negative history); an item is the concatenation of its feature embeddings (width
+n_items * E), a user the concatenation of its user-feature embeddings (n_users * E).
+
+Models never see the strategy, files or flags: they are built from a :class:`ModelConfig` and the table
+sizes, which :func:`build_model` takes from a FeatureSpec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from sim_tf.data import dataset as data
+from sim_tf.data import feature_spec as fs
+from sim_tf.layers.core import ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, masked_mean
+from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
+
+MODEL_TYPES = ("sim", "dien", "din")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    embedding_dim: int = 16
+    stage_one_mlp_dims: tuple[int, ...] = (200,)
+    stage_two_mlp_dims: tuple[int, ...] = (200, 80)
+    aux_mlp_dims: tuple[int, ...] = (100, 50)
+    dropout_rate: float = -1.0
+    top_k: int = 50
+    attention: str = "dot"
+
+    def __post_init__(self):
+        for name in ("stage_one_mlp_dims", "stage_two_mlp_dims", "aux_mlp_dims"):
+            value = tuple(getattr(self, name))
+            object.__setattr__(self, name, value)
+            if not value or not all(isinstance(v, int) and v > 0 for v in value):
+                raise ValueError(f"{name} must be a non-empty list of positive integers, got {value!r}")
+        if not isinstance(self.embedding_dim, int) or self.embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be a positive integer, got {self.embedding_dim!r}")
+        if not isinstance(self.top_k, int) or self.top_k <= 0:
+            raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
+        if self.dropout_rate >= 1.0:
+            raise ValueError(f"dropout_rate must be < 1 (-1 disables dropout), got {self.dropout_rate}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+
+    @property
+    def gru_units(self) -> int:
+        return 6 * self.embedding_dim
+
+
+class CtrModel(keras.Model):
+    """Embedding tables and their lookups; subclasses add the interest modelling and heads."""
+
+    def __init__(
+        self,
+        user_vocab_sizes: Sequence[int],
+        item_vocab_sizes: Sequence[int],
+        config: ModelConfig | dict = ModelConfig(),
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.config = config if isinstance(config, ModelConfig) else ModelConfig(**config)
+        self.user_vocab_sizes = [int(v) for v in user_vocab_sizes]
+        self.item_vocab_sizes = [int(v) for v in item_vocab_sizes]
+        if not self.user_vocab_sizes or not self.item_vocab_sizes:
+            raise ValueError("a model needs at least one user feature and one item feature")
+        dim = self.config.embedding_dim
+        self.user_tables = [EmbeddingTable(r, dim, name=f"user_embedding_{i}") for i, r in enumerate(self.user_vocab_sizes)]
+        self.item_tables = [EmbeddingTable(r, dim, name=f"item_embedding_{i}") for i, r in enumerate(self.item_vocab_sizes)]
+        self.item_width = dim * len(self.item_vocab_sizes)
+        self.user_width = dim * len(self.user_vocab_sizes)
+
+    def build_layers(self):
+        """Creates every variable from the known widths, so a fresh model can load weights before a call."""
+        for table in self.user_tables + self.item_tables:
+            table.build()
+
+    def embed_user(self, features) -> tf.Tensor:
+        return tf.concat([t(ids) for t, ids in zip(self.user_tables, features[data.USER])], axis=-1)
+
+    def embed_items(self, ids: Sequence[tf.Tensor]) -> tf.Tensor:
+        """Item-feature ids (one tensor per position, any shape) -> concatenated embeddings [..., n * E]."""
+        return tf.concat([t(x) for t, x in zip(self.item_tables, ids)], axis=-1)
+
+    def get_config(self):
+        return {
+            "user_vocab_sizes": self.user_vocab_sizes,
+            "item_vocab_sizes": self.item_vocab_sizes,
+            "config": dataclasses.asdict(self.config),
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @staticmethod
+    def _with_prediction(outputs: dict) -> dict:
+        outputs["prediction"] = tf.sigmoid(outputs["logit"])
+        return outputs
+
+
+class _DienBlock:
+    """DIEN over the short history: GRU -> attention -> AUGRU, plus the auxiliary logits.
+
+    A mixin for DIEN and SIM; expects ``embed_items`` and ``config``.
+    """
+
+    def _make_dien_layers(self):
+        units = self.config.gru_units
+        self.gru = MaskedGRU(units, name="interest_extractor")
+        self.dien_attention = DienAttention(units, name="dien_attention")
+        self.augru = AUGRU(units, name="interest_evolution")
+        self.aux_net = AuxiliaryNetwork(self.config.aux_mlp_dims, name="auxiliary_network")
+
+    def _build_dien_layers(self):
+        units = self.config.gru_units
+        self.gru.build((None, None, self.item_width))
+        self.dien_attention.build((None, self.item_width), (None, None, units))
+        self.augru.build((None, None, units))
+        self.aux_net.build((None, None, units), (None, None, self.item_width))
+
+    def _dien(self, query, features):
+        short = self.embed_items(features[data.SHORT_HISTORY])
+        short_neg = self.embed_items(features[data.SHORT_NEG_HISTORY])
+        mask = tf.cast(features[data.SHORT_MASK], short.dtype)
+        states, _ = self.gru(short, mask)
+        attention = self.dien_attention(query, states, mask)
+        final = self.augru(states, mask, attention)
+        aux = {
+            "aux_click_logits": self.aux_net(states[:, :-1], short[:, 1:]),
+            "aux_noclick_logits": self.aux_net(states[:, :-1], short_neg[:, 1:]),
+            "aux_pair_mask": tf.cast(features[data.SHORT_MASK][:, :-1] * features[data.SHORT_MASK][:, 1:], tf.float32),
+        }
+        return final, aux
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class DIN(CtrModel):
+    """DIN: target attention over the whole history (long + short) -> MLP([q, pooled, user])."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.attention = AttentionPooling(self.config.attention, name="attention")
+        self.head = MLP(self.config.stage_two_mlp_dims, self.config.dropout_rate, name="head")
+        self.build_layers()
+
+    def build_layers(self):
+        super().build_layers()
+        self.attention.build((None, None, self.item_width))
+        self.head.build((None, 2 * self.item_width + self.user_width))
+        self.built = True
+
+    def call(self, features, training=False):
+        query = self.embed_items(features[data.TARGET])
+        history = self.embed_items(
+            [tf.concat([a, b], axis=1) for a, b in zip(features[data.LONG_HISTORY], features[data.SHORT_HISTORY])]
+        )
+        mask = tf.concat([features[data.LONG_MASK], features[data.SHORT_MASK]], axis=1)
+        pooled, _ = self.attention(query, history, mask)
+        user = self.embed_user(features)
+        logit = self.head(tf.concat([query, pooled, user], axis=-1), training=training)
+        return self._with_prediction({"logit": logit})
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class DIEN(_DienBlock, CtrModel):
+    """DIEN over the short history -> MLP([q, final interest state, user]); trained with the aux loss."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._make_dien_layers()
+        self.head = MLP(self.config.stage_two_mlp_dims, self.config.dropout_rate, name="head")
+        self.build_layers()
+
+    def build_layers(self):
+        super().build_layers()
+        self._build_dien_layers()
+        self.head.build((None, self.item_width + self.config.gru_units + self.user_width))
+        self.built = True
+
+    def call(self, features, training=False):
+        query = self.embed_items(features[data.TARGET])
+        final, aux = self._dien(query, features)
+        user = self.embed_user(features)
+        logit = self.head(tf.concat([query, final, user], axis=-1), training=training)
+        return self._with_prediction({"logit": logit, **aux})
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class SIM(_DienBlock, CtrModel):
+    """SIM with soft search.
+
+    * GSU (stage one): attention of the target over the long history -> MLP([q, pooled_long, user]).
+    * Top-k: the ``top_k`` long-history positions with the highest GSU scores (only real behaviours
+      count as valid; an empty long history gives an empty selection).
+    * ESU (stage two): attention over the top-k, the masked mean of the top-k and DIEN over the short
+      history -> MLP([att, mean, q, final, user]).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gsu_attention = AttentionPooling(self.config.attention, name="gsu_attention")
+        self.esu_attention = AttentionPooling(self.config.attention, name="esu_attention")
+        self.stage_one_head = MLP(self.config.stage_one_mlp_dims, self.config.dropout_rate, name="stage_one_head")
+        self._make_dien_layers()
+        self.head = MLP(self.config.stage_two_mlp_dims, self.config.dropout_rate, name="stage_two_head")
+        self.build_layers()
+
+    def build_layers(self):
+        super().build_layers()
+        self.gsu_attention.build((None, None, self.item_width))
+        self.esu_attention.build((None, None, self.item_width))
+        self.stage_one_head.build((None, 2 * self.item_width + self.user_width))
+        self._build_dien_layers()
+        self.head.build((None, 3 * self.item_width + self.config.gru_units + self.user_width))
+        self.built = True
+
+    def call(self, features, training=False):
+        query = self.embed_items(features[data.TARGET])
+        user = self.embed_user(features)
+        long_history = self.embed_items(features[data.LONG_HISTORY])
+        long_mask = tf.cast(features[data.LONG_MASK], long_history.dtype)
+        pooled_long, scores = self.gsu_attention(query, long_history, long_mask)
+        stage_one_logit = self.stage_one_head(tf.concat([query, pooled_long, user], axis=-1), training=training)
+
+        k = min(self.config.top_k, long_history.shape[1])
+        _, top_indices = tf.math.top_k(scores, k=k, sorted=False)
+        top_items = tf.gather(long_history, top_indices, batch_dims=1)
+        top_mask = tf.gather(long_mask, top_indices, batch_dims=1)
+        attended, _ = self.esu_attention(query, top_items, top_mask)
+        mean = masked_mean(top_items, top_mask)
+
+        final, aux = self._dien(query, features)
+        logit = self.head(tf.concat([attended, mean, query, final, user], axis=-1), training=training)
+        return self._with_prediction({"logit": logit, "stage_one_logit": stage_one_logit, **aux})
+
+
+_MODELS = {"sim": SIM, "dien": DIEN, "din": DIN}
+
+
+def build_model(model_type: str, config: ModelConfig, spec: fs.FeatureSpec, out_of_range: str | None = None) -> CtrModel:
+    """Builds (and creates the variables of) a model whose tables fit ``spec``'s cardinalities."""
+    if model_type not in _MODELS:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    policy = out_of_range or spec.out_of_range_ids
+    users = [data.embedding_rows(c, policy) for c in spec.user_cardinalities]
+    items = [data.embedding_rows(g.cardinality, policy) for g in spec.item_groups]
+    return _MODELS[model_type](users, items, config, name=model_type)

@@ -1,0 +1,153 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sim_tf.layers import core, dien
+
+
+def test_masked_softmax_and_fully_masked_row():
+    scores = tf.constant([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]])
+    mask = tf.constant([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    w = core.masked_softmax(scores, mask).numpy()
+    e = np.exp([2.0, 3.0])
+    np.testing.assert_allclose(w[0], [0.0, e[0] / e.sum(), e[1] / e.sum()], rtol=1e-6)
+    np.testing.assert_array_equal(w[1], [0.0, 0.0, 0.0])
+
+
+def test_masked_mean_is_a_true_mean():
+    values = tf.constant([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]])
+    mask = tf.constant([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    # The reference divides by count + 1, which would give [4/3, 2] for the first row.
+    np.testing.assert_allclose(core.masked_mean(values, mask).numpy(), [[2.0, 3.0], [0.0, 0.0]])
+
+
+def test_mlp_with_ones_weights_matches_hand_computation():
+    mlp = core.MLP([2])
+    mlp.build((None, 3))
+    mlp.dense[0].kernel.assign(np.array([[1.0, -1.0], [1.0, -1.0], [1.0, -1.0]]))
+    mlp.logit.kernel.assign(np.array([[1.0], [2.0]]))
+    mlp.logit.bias.assign([0.5])
+    x = tf.constant([[1.0, 2.0, 3.0], [-1.0, 0.0, 0.0]])
+    # hidden: [6, -6] -> PReLU(0.1) -> [6, -0.6] -> 6 - 1.2 + 0.5 = 5.3
+    # hidden: [-1, 1] -> [-0.1, 1] -> -0.1 + 2 + 0.5 = 2.4
+    out = mlp(x)
+    assert out.shape == (2,) and out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), [5.3, 2.4], rtol=1e-6)
+
+
+def test_mlp_batch_of_one_keeps_batch_axis():
+    mlp = core.MLP([4, 2])
+    assert mlp(tf.ones([1, 3])).shape == (1,)
+
+
+def test_dot_attention_pooling_by_hand():
+    layer = core.AttentionPooling("dot")
+    query = tf.constant([[1.0, 0.0]])
+    keys = tf.constant([[[9.0, 9.0], [1.0, 0.0], [0.0, 1.0]]])
+    mask = tf.constant([[0.0, 1.0, 1.0]])
+    pooled, ranked = layer(query, keys, mask)
+    w = np.exp([1.0, 0.0]) / np.exp([1.0, 0.0]).sum()
+    np.testing.assert_allclose(pooled.numpy(), [[w[0], w[1]]], rtol=1e-6)
+    assert ranked.numpy()[0, 0] == np.finfo(np.float32).min
+    np.testing.assert_allclose(ranked.numpy()[0, 1:], [1.0, 0.0])
+
+
+def test_din_activation_unit_scores_are_not_softmaxed_and_padding_is_zero():
+    layer = core.AttentionPooling("din")
+    keys = tf.random.normal([2, 4, 6])
+    pooled, ranked = layer(tf.random.normal([2, 6]), keys, tf.constant([[1.0, 1.0, 0.0, 0.0], [0.0] * 4]))
+    scores = ranked.numpy()[0, :2]
+    np.testing.assert_allclose(pooled.numpy()[0], (scores[:, None] * keys.numpy()[0, :2]).sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(pooled.numpy()[1], np.zeros(6))
+
+
+def test_constructors_validate_arguments():
+    with pytest.raises(ValueError, match="hidden_units must be positive integers"):
+        core.MLP([200, 0])
+    with pytest.raises(ValueError, match="attention kind must be one of"):
+        core.AttentionPooling("cosine")
+    with pytest.raises(ValueError, match="units must be a positive integer"):
+        dien.MaskedGRU(0)
+    with pytest.raises(ValueError, match="rows and dim must be positive"):
+        core.EmbeddingTable(0, 4)
+
+
+def _gru_pair(units=5, width=3):
+    gru, augru = dien.MaskedGRU(units), dien.AUGRU(units)
+    gru.build((None, None, width))
+    augru.build((None, None, width))
+    for a, b in zip(augru.weights, gru.weights):
+        a.assign(b)
+    return gru, augru
+
+
+def test_augru_attention_zero_keeps_state_and_one_equals_gru():
+    gru, augru = _gru_pair()
+    x = tf.random.normal([4, 6, 3], seed=1)
+    mask = tf.ones([4, 6])
+    _, gru_final = gru(x, mask)
+    np.testing.assert_allclose(augru(x, mask, tf.ones([4, 6])).numpy(), gru_final.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(augru(x, mask, tf.zeros([4, 6])).numpy(), np.zeros([4, 5]))
+    # Attention 0 on the last step only: the final state is the state after step 5.
+    attention = tf.constant([[1.0] * 5 + [0.0]] * 4)
+    states, _ = gru(x[:, :5], tf.ones([4, 5]))
+    np.testing.assert_allclose(augru(x, mask, attention).numpy(), states[:, -1].numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_augru_follows_the_paper_formula_for_one_step():
+    _, augru = _gru_pair(units=2, width=2)
+    x = tf.constant([[[0.3, -0.2]]])
+    a = 0.4
+    got = augru(x, tf.ones([1, 1]), tf.constant([[a]])).numpy()
+    w, u, b = (v.numpy() for v in augru.weights)
+    proj = x.numpy()[0, 0] @ w + b
+    z = 1 / (1 + np.exp(-proj[:2]))  # state is 0, so U h = 0
+    candidate = np.tanh(proj[4:])
+    np.testing.assert_allclose(got[0], a * z * candidate, rtol=1e-5)  # (1 - a z) * 0 + a z h~
+
+
+def test_gru_padded_steps_leave_state_unchanged():
+    gru, augru = _gru_pair()
+    x = tf.random.normal([3, 4, 3], seed=2)
+    padded = tf.concat([tf.random.normal([3, 5, 3], seed=3), x], axis=1)  # garbage on padded steps
+    mask = tf.ones([3, 4])
+    padded_mask = tf.concat([tf.zeros([3, 5]), mask], axis=1)
+    _, final = gru(x, mask)
+    _, padded_final = gru(padded, padded_mask)
+    np.testing.assert_allclose(padded_final.numpy(), final.numpy(), rtol=1e-6, atol=1e-6)
+    att = tf.random.uniform([3, 4], seed=4)
+    padded_att = tf.concat([tf.ones([3, 5]), att], axis=1)
+    np.testing.assert_allclose(
+        augru(padded, padded_mask, padded_att).numpy(), augru(x, mask, att).numpy(), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_dien_attention_weights_sum_to_one_over_real_steps():
+    layer = dien.DienAttention(6)
+    w = layer(tf.random.normal([2, 8]), tf.random.normal([2, 4, 6]), tf.constant([[0.0, 1.0, 1.0, 1.0], [0.0] * 4]))
+    np.testing.assert_allclose(w.numpy().sum(axis=1), [1.0, 0.0], rtol=1e-6)
+    assert w.numpy()[0, 0] == 0.0
+
+
+def test_embedding_table_is_float32_under_mixed_precision_and_gradients_are_sparse():
+    table = core.EmbeddingTable(10, 4, dtype="mixed_bfloat16")
+    ids = tf.constant([[1, 2], [2, 0]])
+    with tf.GradientTape() as tape:
+        out = table(ids)
+        loss = tf.reduce_sum(tf.cast(out, tf.float32))
+    assert table.table.dtype == tf.float32 and out.dtype == tf.bfloat16
+    grad = tape.gradient(loss, table.table)
+    assert isinstance(grad, tf.IndexedSlices)
+    assert sorted(set(grad.indices.numpy().tolist())) == [0, 1, 2]
+    limit = np.sqrt(1 / 10)
+    assert np.abs(table.table.numpy()).max() <= limit
+
+
+@pytest.mark.parametrize("layer", [core.MLP([3, 2], dropout_rate=0.2), core.AttentionPooling("din"),
+                                   dien.MaskedGRU(4), dien.DienAttention(4), dien.AuxiliaryNetwork([5])])
+def test_layers_serialize_round_trip(layer):
+    clone = layer.__class__.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer)
