@@ -2,25 +2,42 @@
 
 Each command module defines its absl flags at import time and a ``main(argv)``; only the chosen
 command's module is imported, so ``sim-tf COMMAND --help`` lists exactly that command's flags.
+A :class:`~sim_tf.errors.UserError` ends the command with its message on stderr and exit status 1; a
+bad flag with status 2.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
+from typing import Callable
 
+# name -> (module, main's keyword arguments, one-line help)
 COMMANDS = {
-    "synthesize": ("sim_tf.commands.synthesize", "write a synthetic dataset (FeatureSpec + TFRecord)"),
-    "inspect": ("sim_tf.commands.inspect", "validate a dataset and print its shape, counts and a sample batch"),
-    "benchmark-input": ("sim_tf.commands.benchmark_input", "measure the input pipeline's records/s"),
+    "demo": ("sim_tf.commands.demo", {}, "the main job: synthesize data, train SIM one epoch, evaluate, report"),
+    "train": ("sim_tf.main", {"mode": "train"}, "train a model (same flags as python -m sim_tf.main --mode train)"),
+    "evaluate": ("sim_tf.main", {"mode": "evaluate"}, "evaluate a checkpoint on the test split (AUC, GAUC, log loss)"),
+    "inference": ("sim_tf.main", {"mode": "inference"}, "predict the test split and measure throughput and latency"),
+    "synthesize": ("sim_tf.commands.synthesize", {}, "write a synthetic dataset (FeatureSpec + TFRecord)"),
+    "inspect": ("sim_tf.commands.inspect", {}, "validate a dataset and print its shape, counts and a sample batch"),
+    "benchmark-input": ("sim_tf.commands.benchmark_input", {}, "measure the input pipeline's samples/s"),
 }
 
 
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: sim-tf COMMAND [--flags]   (sim-tf COMMAND --help for a command's flags)", "", "commands:"]
-    lines += [f"  {name.ljust(width)}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name.ljust(width)}  {help_text}" for name, (_, _, help_text) in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def run_command(name: str, argv: list[str], run: Callable) -> None:
+    """Parses flags for ``name`` and calls ``run(argv)`` under absl, with friendly errors."""
+    from absl import app
+
+    program = "python -m sim_tf.main" if name == "main" else f"sim-tf {name}"
+    app.run(_guarded(program, run), argv=[program] + list(argv[1:]), flags_parser=_flags_parser(program))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,34 +49,36 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"sim-tf: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    module = importlib.import_module(COMMANDS[name][0])
-    from absl import app
+    module_name, kwargs, _ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    run_command(name, argv[1:], functools.partial(module.main, **kwargs))
 
-    app.run(_guarded(name, module.main), argv=[f"sim-tf {name}"] + argv[2:], flags_parser=_flags_parser(name))
 
-
-def _guarded(command: str, run):
+def _guarded(program: str, run):
     """Runs a command; a UserError becomes one line on stderr and exit status 1."""
     from sim_tf.errors import UserError
 
     def wrapped(argv):
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's Python INFO lines (checkpoint sharding, ...)
         try:
             return run(argv)
         except UserError as e:
-            print(f"sim-tf {command}: error: {e}", file=sys.stderr)
+            print(f"{program}: error: {e}", file=sys.stderr)
             sys.exit(1)
 
     return wrapped
 
 
-def _flags_parser(command: str):
+def _flags_parser(program: str):
     from absl import flags
 
     def parse(argv):
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:
-            print(f"sim-tf {command}: {e}\nRun `sim-tf {command} --help` for the flags.", file=sys.stderr)
+            print(f"{program}: {e}\nRun `{program} --help` for the flags.", file=sys.stderr)
             sys.exit(2)
 
     return parse

@@ -27,7 +27,7 @@ def test_synthesize_then_inspect(tmp_path):
     result = run("synthesize", "--preset", "tiny", "--output", out, "--train_samples", "600", "--seed", "3")
     assert "dataset written to" in result.stdout
     spec = fs.FeatureSpec.from_yaml(os.path.join(out, "feature_spec.yaml"))
-    assert spec.metadata["samples"] == {"train": 600, "test": 1024}
+    assert spec.metadata["samples"] == {"train": 600, "test": 2048}
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
     info = run("inspect", "--dataset_dir", out).stdout
     assert "train: 600 samples" in info and "prebatched, 32 samples per record" in info

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
 
 from absl import flags
 
 from sim_tf.data import synthetic
+from sim_tf.data.atomic import atomic_directory
 from sim_tf.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -44,28 +43,12 @@ def config_from_flags() -> synthetic.SyntheticConfig:
         raise UserError(str(e)) from None
 
 
-def write(config: synthetic.SyntheticConfig, output: str, num_files: int, prebatch_size: int, overwrite: bool):
-    """Writes into a temporary sibling folder and renames it, so a crash never leaves a partial dataset."""
-    if os.path.exists(output) and os.listdir(output) and not overwrite:
-        raise UserError(f"{output!r} already exists and is not empty; pass --overwrite to replace it")
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".{os.path.basename(os.path.abspath(output))}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        synthetic.synthesize(config, staging, num_files=num_files, prebatch_size=prebatch_size)
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def main(argv):
     del argv
     config = config_from_flags()
     started = time.perf_counter()
-    write(config, FLAGS.output, FLAGS.num_files, FLAGS.prebatch_size, FLAGS.overwrite)
+    with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
+        synthetic.synthesize(config, staging, num_files=FLAGS.num_files, prebatch_size=FLAGS.prebatch_size)
     print(f"dataset written to {FLAGS.output} in {time.perf_counter() - started:.1f}s "
           f"(preset {FLAGS.preset}: {config.users:,} users, {config.items:,} items, {config.categories:,} categories, "
           f"L={config.history_length})")

@@ -60,7 +60,7 @@ class InputOptions:
 
     long_seq_length: int = 90
     shuffle: bool | None = None
-    shuffle_buffer: int = 0  # records; 0 picks 8 batches' worth (at most 65,536 records)
+    shuffle_buffer: int = 0  # records; 0 picks 8 global batches' worth (at most 65,536 records)
     seed: int | None = None
     drop_remainder: bool = False
     cache: bool = False
@@ -264,7 +264,8 @@ def make_dataset(
         records = records.cache()
     records_per_batch = max(1, batch_size // prebatch)
     if shuffle:
-        buffer = options.shuffle_buffer or min(65536, 8 * records_per_batch)
+        # Sized from the *global* batch, so every replica count shuffles the same way.
+        buffer = options.shuffle_buffer or min(65536, 8 * max(1, global_batch_size // prebatch))
         records = records.shuffle(buffer, seed=options.seed, reshuffle_each_iteration=True)
     if options.repeat != 1:
         records = records.repeat(None if options.repeat <= 0 else options.repeat)

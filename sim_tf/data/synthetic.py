@@ -3,18 +3,22 @@
 Generative story (all vectorised numpy, seeded):
 
 * Items belong to categories; category sizes and item popularity are Zipf-distributed.
-* Every user has a few **long-term interest** categories and follows a **session chain** of categories:
-  ``next = successor(current)`` with probability ``chain_probability``, else a random popular category.
-* A history of ``h`` behaviours (h varies per sample, left-padded to L) has its older part drawn mostly
-  from the user's long-term interests, and its newest ``recent_length`` positions from a session chain.
-* Each history yields a positive sample whose target is either a long-term-interest item (visible only
-  in the *old* part of the history) or the successor of the last behaviour's category (visible only in
-  the *recent* order), and a negative sample with the same history and a popularity-drawn target.
-* The negative history holds popularity-drawn items, like the recipe's.
+* Every history has a few **long-term interest** categories: ``stable_interests`` of them belong to the
+  user (a user embedding can learn them), the others are drawn per history (only the history shows them).
+* A history of ``h`` behaviours (h varies per sample, left-padded to L) draws its older positions from
+  those interests (probability ``interest_probability``) or from one-off categories, and its newest
+  ``recent_length`` positions from one-off categories; the newest behaviour is the current **session**.
+* Each history yields one pair of samples (label 1 and 0, same history), of one of two kinds:
+  - *long-term* (probability ``long_term_target_probability``): an interest item against an item of a
+    random category. Only the older behaviours show the difference: DIEN, which reads the recent ones,
+    cannot see it; DIN and SIM's search unit can.
+  - *session*: an item of the newest behaviour's category against one of another recent behaviour's
+    category. Both categories appear once in the history; only their order tells them apart, which DIN's
+    order-free pooling cannot see and DIEN's GRU (alone, or inside SIM) can.
+* Targets of both labels are drawn the same way (a category, then a popularity-weighted item in it), so
+  the target alone says nothing. The negative history holds popularity-drawn items, like the recipe's.
 
-So a model that reads only the recent behaviours (DIEN) misses the long-term half of the signal, a
-model that pools the whole history without order (DIN) misses most of the sequential half, and SIM, which
-searches the long history and runs DIEN over the recent one, can see both.
+SIM sees both kinds; DIN and DIEN each see one.
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ class SyntheticConfig:
     test_samples: int = 20_000
     min_history: int = 5
     recent_length: int = 10
-    interests_per_user: int = 3
-    interest_probability: float = 0.8
-    chain_probability: float = 0.8
+    interests_per_sample: int = 3
+    stable_interests: int = 1
+    interest_probability: float = 0.6
     long_term_target_probability: float = 0.5
     zipf_exponent: float = 1.1
     seed: int = 0
@@ -55,7 +59,9 @@ class SyntheticConfig:
             )
         if self.train_samples < 2 or self.test_samples < 2:
             raise ValueError("synthetic data: train_samples and test_samples must be >= 2 (pairs of samples)")
-        for name in ("interest_probability", "chain_probability", "long_term_target_probability"):
+        if not 0 <= self.stable_interests <= self.interests_per_sample or self.interests_per_sample < 1:
+            raise ValueError("synthetic data: need 0 <= stable_interests <= interests_per_sample and >= 1 interest")
+        for name in ("interest_probability", "long_term_target_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"synthetic data: {name} must be in [0, 1]")
 
@@ -63,7 +69,7 @@ class SyntheticConfig:
 PRESETS: dict[str, SyntheticConfig] = {
     # Runs end to end in seconds; used by the tests.
     "tiny": SyntheticConfig(
-        users=200, items=1000, categories=20, history_length=20, train_samples=4096, test_samples=1024,
+        users=200, items=2000, categories=100, history_length=20, train_samples=16384, test_samples=2048,
         min_history=3, recent_length=5,
     ),
     # The demo and benchmark shape: the scale the NVIDIA recipe was measured at on these machines.
@@ -97,7 +103,6 @@ class _Catalogue:
         self.category_high = self.cumulative[starts[1:] - 1]
         self.category_popularity = (self.category_high - self.category_low) / self.cumulative[-1]
         self.global_cumulative = np.cumsum(self.item_weights)
-        self.successor = rng.permutation(config.categories) + 1  # successor[c - 1] is the category after c
 
     def items_in(self, categories: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A popularity-weighted item of each given category (same shape as ``categories``)."""
@@ -119,37 +124,42 @@ class _Catalogue:
 
 def _split(config: SyntheticConfig, catalogue: _Catalogue, interests: np.ndarray, pairs: int, rng) -> dict:
     L = config.history_length
+    recent = min(config.recent_length, L)
+    rows = np.arange(pairs)
     users = rng.integers(1, config.users + 1, size=pairs)
     lengths = rng.integers(config.min_history, L + 1, size=pairs)
-    user_interests = interests[users - 1]  # [pairs, k]
+    fresh = rng.integers(1, config.categories + 1, size=(pairs, config.interests_per_sample - config.stable_interests))
+    user_interests = np.concatenate([interests[users - 1], fresh], axis=1)  # [pairs, interests_per_sample]
 
-    # Older behaviours: mostly the user's long-term interests.
-    pick = rng.integers(0, config.interests_per_user, size=(pairs, L))
+    # Older positions: one of the history's interests, or a one-off category. Recent positions: one-off
+    # categories; the newest one is the current session.
+    pick = rng.integers(0, config.interests_per_sample, size=(pairs, L))
     categories = np.take_along_axis(user_interests, pick, axis=1)
-    noise = rng.random((pairs, L)) >= config.interest_probability
-    categories = np.where(noise, catalogue.popular_categories((pairs, L), rng), categories)
-
-    # Newest `recent_length` behaviours: a session chain of categories.
-    recent = min(config.recent_length, L)
-    chain = np.empty((pairs, recent), dtype=np.int64)
-    chain[:, 0] = catalogue.popular_categories(pairs, rng)
-    for t in range(1, recent):
-        follow = rng.random(pairs) < config.chain_probability
-        chain[:, t] = np.where(follow, catalogue.successor[chain[:, t - 1] - 1], catalogue.popular_categories(pairs, rng))
-    categories[:, L - recent :] = chain
+    one_off = rng.random((pairs, L)) >= config.interest_probability
+    one_off[:, L - recent :] = True
+    categories = np.where(one_off, rng.integers(1, config.categories + 1, size=(pairs, L)), categories)
     history_items = catalogue.items_in(categories, rng)
 
     # Left padding: positions before L - length are empty.
     valid = np.arange(L)[None, :] >= (L - lengths)[:, None]
     history_items = np.where(valid, history_items, 0)
     history_categories = np.where(valid, catalogue.category_of_item[history_items], 0)
-    last_category = history_categories[:, -1]
 
+    random_categories = rng.integers(1, config.categories + 1, size=pairs)
     long_term = rng.random(pairs) < config.long_term_target_probability
-    interest_target = np.take_along_axis(user_interests, rng.integers(0, config.interests_per_user, (pairs, 1)), 1)[:, 0]
-    chain_target = catalogue.successor[last_category - 1]
-    positive_items = catalogue.items_in(np.where(long_term, interest_target, chain_target), rng)
-    negative_items = catalogue.popular_items(pairs, rng)
+    # Long-term pairs: an interest (present in the older part) against a random category (absent).
+    interest = np.take_along_axis(user_interests, rng.integers(0, config.interests_per_sample, (pairs, 1)), 1)[:, 0]
+    # Session pairs: the newest behaviour's category against another recent behaviour's category; both
+    # are present once, so only their order tells them apart.
+    earlier = np.zeros((pairs, L), dtype=bool)
+    earlier[:, L - recent : L - 1] = True
+    earlier &= valid
+    pick_earlier = np.argmax(earlier * rng.random((pairs, L)), axis=1)
+    earlier_category = np.where(earlier.any(axis=1), history_categories[rows, pick_earlier], random_categories)
+    positive_categories = np.where(long_term, interest, history_categories[:, -1])
+    negative_categories = np.where(long_term, random_categories, earlier_category)
+    positive_items = catalogue.items_in(positive_categories, rng)
+    negative_items = catalogue.items_in(negative_categories, rng)
 
     negative_history = np.where(valid, catalogue.popular_items((pairs, L), rng), 0)
     negative_history_categories = np.where(valid, catalogue.category_of_item[negative_history], 0)
@@ -176,10 +186,9 @@ def generate(config: SyntheticConfig) -> dict[str, dict[str, np.ndarray]]:
     """Returns {"train": columns, "test": columns} in the recipe converter's feature naming."""
     rng = np.random.default_rng(config.seed)
     catalogue = _Catalogue(config, rng)
-    k = config.interests_per_user
     # Interests are spread over all categories (not popularity-drawn), so that a popular negative target
     # rarely falls in a user's interests by chance.
-    interests = rng.integers(1, config.categories + 1, size=(config.users, k))
+    interests = rng.integers(1, config.categories + 1, size=(config.users, config.stable_interests))
     return {
         "train": _split(config, catalogue, interests, config.train_samples // 2, rng),
         "test": _split(config, catalogue, interests, config.test_samples // 2, rng),

@@ -192,4 +192,4 @@ def test_sample_count_from_metadata_and_by_scanning(tmp_path):
 def test_synthetic_tiny_reads(tiny_dataset):
     ds = data.make_dataset(tiny_dataset, "train", 256, options=data.InputOptions(long_seq_length=15, seed=1))
     counts = collections.Counter(int(label.shape[0]) for _, label in ds)
-    assert sum(k * v for k, v in counts.items()) == 4096
+    assert sum(k * v for k, v in counts.items()) == 16384

@@ -42,9 +42,16 @@ def make_features(batch=6, long=8, short=5, lengths=None, seed=0, left_pad_long=
     return features, labels
 
 
-def build(model_type, config=CONFIG, dtype=None):
+def build(model_type, config=CONFIG, policy=None):
+    """Builds a model; with ``policy`` every layer is created under that global dtype policy."""
     cls = {"sim": models.SIM, "dien": models.DIEN, "din": models.DIN}[model_type]
-    return cls([u + 1 for u in USERS], [i + 1 for i in ITEMS], config, dtype=dtype)
+    previous = keras.mixed_precision.global_policy()
+    if policy:
+        keras.mixed_precision.set_global_policy(policy)
+    try:
+        return cls([u + 1 for u in USERS], [i + 1 for i in ITEMS], config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
@@ -170,9 +177,10 @@ def test_each_model_overfits_one_batch(model_type):
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
 def test_mixed_precision_forward_matches_float32(model_type, policy, tolerance):
     reference = build(model_type)
-    mixed = build(model_type, dtype=policy)
+    mixed = build(model_type, policy=policy)
     mixed.set_weights(reference.get_weights())
     assert all(v.dtype == "float32" for v in mixed.weights)
+    assert mixed.head.dense[0].compute_dtype == policy.split("_")[1]
     features, labels = make_features(batch=16, seed=7)
     out, out_mixed = reference(features), mixed(features)
     for key in ("logit", "prediction", "stage_one_logit", "aux_click_logits"):

@@ -1,0 +1,37 @@
+"""Write a dataset folder so that a crash never leaves a partial one that looks complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+from sim_tf.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_directory(output: str, overwrite: bool = False):
+    """Yields a staging folder beside ``output``; on success it is renamed to ``output``.
+
+    The staging folder is removed if the body fails. An existing non-empty ``output`` is an error unless
+    ``overwrite`` is set, in which case it is replaced only after the new one is complete.
+    """
+    output = os.path.abspath(output)
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:
+        raise UserError(f"{output!r} already exists and is not empty; pass --overwrite to replace it")
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{os.path.basename(output)}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        yield staging
+        if os.path.exists(output):
+            retired = f"{staging}.old"
+            os.replace(output, retired)
+            os.replace(staging, output)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

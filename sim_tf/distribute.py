@@ -1,0 +1,183 @@
+"""The one place that reads TF_CONFIG, sets up devices and creates tf.distribute strategies.
+
+Choosing is a pure function (:func:`choose_strategy`) so the rules can be tested on a machine without
+GPUs or a cluster; :func:`create_strategy` turns a choice into a strategy.
+
+* ``default``: TensorFlow's default strategy (one device, no replication).
+* ``one_device``: OneDeviceStrategy on the first GPU, else the CPU.
+* ``mirrored``: MirroredStrategy over the local GPUs (NCCL all-reduce), or over ``--cpu_replicas``
+  logical CPU devices (NCCL has no CPU kernel, so gradients are reduced on one device).
+* ``multi_worker``: MultiWorkerMirroredStrategy from TF_CONFIG, NCCL collectives on GPU and ring
+  collectives on CPU, with a collective timeout so a hung peer ends the job instead of blocking it.
+* ``auto``: multi_worker when TF_CONFIG names more than one worker, mirrored when more than one GPU
+  (or more than one CPU replica) is present, else default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from sim_tf.errors import UserError
+
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterInfo:
+    """What TF_CONFIG says about the cluster (one worker and index 0 when it is unset)."""
+
+    num_workers: int = 1
+    task_type: str = "worker"
+    task_index: int = 0
+
+    @property
+    def is_chief(self) -> bool:
+        # With only workers listed, worker 0 is the chief; an explicit "chief" task is also chief.
+        return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyChoice:
+    kind: str  # default | one_device | mirrored | multi_worker
+    collective: str  # none | nccl | ring | reduce_to_one_device
+    num_gpus: int
+    cpu_replicas: int
+    cluster: ClusterInfo
+
+
+def read_tf_config(environ=None) -> ClusterInfo:
+    """Parses TF_CONFIG; a malformed value is a UserError naming what is wrong."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("TF_CONFIG", "").strip()
+    if not raw:
+        return ClusterInfo()
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UserError(f"TF_CONFIG is not valid JSON ({e.msg} at position {e.pos})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict):
+        raise UserError('TF_CONFIG must be {"cluster": {"worker": ["host:port", ...]}, "task": {...}}')
+    cluster = config["cluster"]
+    workers = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+    if workers == 0:
+        raise UserError("TF_CONFIG's cluster lists no chief or worker addresses")
+    task = config.get("task") or {}
+    task_type = task.get("type", "worker")
+    task_index = task.get("index", 0)
+    if task_type not in cluster:
+        raise UserError(f"TF_CONFIG's task type {task_type!r} is not a job in its cluster {sorted(cluster)}")
+    if not isinstance(task_index, int) or not 0 <= task_index < len(cluster[task_type]):
+        raise UserError(
+            f"TF_CONFIG's task index {task_index!r} is out of range for the {len(cluster[task_type])} "
+            f"{task_type!r} address(es)"
+        )
+    return ClusterInfo(num_workers=workers, task_type=task_type, task_index=task_index)
+
+
+def choose_strategy(requested: str, num_gpus: int, cluster: ClusterInfo, cpu_replicas: int = 1) -> StrategyChoice:
+    """Decides the strategy and its collective implementation; no TensorFlow calls."""
+    if requested not in STRATEGIES:
+        raise UserError(f"--strategy must be one of {list(STRATEGIES)}, got {requested!r}")
+    if cpu_replicas < 1:
+        raise UserError(f"--cpu_replicas must be >= 1, got {cpu_replicas}")
+    if cpu_replicas > 1 and num_gpus > 0:
+        raise UserError("--cpu_replicas splits the CPU for testing; it cannot be combined with GPUs")
+    kind = requested
+    if kind == "auto":
+        if cluster.num_workers > 1:
+            kind = "multi_worker"
+        elif num_gpus > 1 or cpu_replicas > 1:
+            kind = "mirrored"
+        else:
+            kind = "default"
+    if kind != "multi_worker" and cluster.num_workers > 1:
+        raise UserError(
+            f"TF_CONFIG names {cluster.num_workers} workers but --strategy={requested} is single-process; "
+            f"use --strategy=multi_worker (or auto), or unset TF_CONFIG"
+        )
+    if kind in ("default", "one_device") and cpu_replicas > 1:
+        raise UserError(f"--cpu_replicas={cpu_replicas} needs --strategy=mirrored (or auto)")
+    if kind == "multi_worker" and cpu_replicas > 1:
+        raise UserError("--cpu_replicas is for single-process mirrored runs; multi_worker uses one CPU device per worker")
+    if kind == "multi_worker":
+        collective = "nccl" if num_gpus > 0 else "ring"
+    elif kind == "mirrored":
+        collective = "nccl" if num_gpus > 1 else "reduce_to_one_device"
+    else:
+        collective = "none"
+    return StrategyChoice(kind, collective, num_gpus, cpu_replicas, cluster)
+
+
+def configure_devices(cpu_replicas: int = 1, inter_op_threads: int = 0, intra_op_threads: int = 0) -> int:
+    """Sets threading and logical CPU devices; must run before TensorFlow executes any op.
+
+    Returns the number of visible GPUs. GPU memory growth is enabled so several workers can share a GPU
+    during development.
+    """
+    import tensorflow as tf
+
+    if inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    if intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already initialised (e.g. a second call in one process)
+    if cpu_replicas > 1:
+        cpus = tf.config.list_physical_devices("CPU")
+        try:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_replicas)]
+            )
+        except RuntimeError:
+            existing = len(tf.config.list_logical_devices("CPU"))
+            if existing != cpu_replicas:
+                raise UserError(
+                    f"cannot split the CPU into {cpu_replicas} devices: TensorFlow is already initialised "
+                    f"with {existing}"
+                ) from None
+    return len(gpus)
+
+
+def create_strategy(choice: StrategyChoice, collective_timeout_s: float = 0.0):
+    """Creates the strategy described by ``choice`` (call :func:`configure_devices` first)."""
+    import tensorflow as tf
+
+    if choice.kind == "default":
+        return tf.distribute.get_strategy()
+    if choice.kind == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if choice.num_gpus else "/cpu:0")
+    if choice.kind == "mirrored":
+        if choice.num_gpus > 0:
+            devices = [f"/gpu:{i}" for i in range(choice.num_gpus)]
+        else:
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")][: choice.cpu_replicas]
+        if choice.collective == "nccl":
+            ops = tf.distribute.NcclAllReduce()
+        else:
+            ops = tf.distribute.ReductionToOneDevice(reduce_to_device=devices[0])
+        return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=ops)
+    implementation = (
+        tf.distribute.experimental.CommunicationImplementation.NCCL
+        if choice.collective == "nccl"
+        else tf.distribute.experimental.CommunicationImplementation.RING
+    )
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=implementation, timeout_seconds=collective_timeout_s or None
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def describe(choice: StrategyChoice, strategy) -> str:
+    where = f"{choice.num_gpus} GPU(s)" if choice.num_gpus else "CPU"
+    text = f"strategy {choice.kind} ({strategy.num_replicas_in_sync} replica(s) on {where}"
+    if choice.collective != "none":
+        text += f", {choice.collective} all-reduce"
+    if choice.cluster.num_workers > 1:
+        text += f", worker {choice.cluster.task_index} of {choice.cluster.num_workers}"
+    return text + ")"

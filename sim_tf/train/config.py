@@ -1,0 +1,117 @@
+"""The trainer's typed, frozen configuration: built once from flags, validated, written next to results."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from sim_tf.distribute import STRATEGIES
+from sim_tf.errors import UserError
+from sim_tf.models.models import MODEL_TYPES, ModelConfig
+from sim_tf.train.optimizers import OPTIMIZERS
+
+MODES = ("train", "evaluate", "inference")
+AMP_DTYPES = ("auto", "float16", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "train"
+    model_type: str = "sim"
+    model: ModelConfig = ModelConfig()
+    dataset_dir: str = ""
+    feature_spec: str = "feature_spec.yaml"
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    epochs: int = 3
+    global_batch_size: int = 131072
+    # precision and compilation
+    amp: bool = False
+    amp_dtype: str = "auto"
+    xla: bool = False
+    # input
+    drop_remainder: bool = False
+    cache: bool = True
+    repeat_count: int = 0
+    prefetch_train_size: int = -1
+    prefetch_test_size: int = -1
+    long_seq_length: int = 90
+    shuffle_buffer: int = 0
+    prebatch_train_size: int = 0
+    prebatch_test_size: int = 0
+    # results
+    results_dir: str = "/tmp/sim"
+    log_filename: str = "log.json"
+    save_checkpoint_path: str = ""
+    load_checkpoint_path: str = ""
+    keep_checkpoints: int = 3
+    checkpoint_every_steps: int = 0
+    tensorboard_dir: str = ""
+    # run
+    benchmark: bool = False
+    benchmark_warmup_steps: int = 20
+    benchmark_steps: int = 200
+    random_init: bool = False
+    evaluate_train: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    steps_per_loop: int = 1
+    eval_every_steps: int = 0
+    log_every_steps: int = 100
+    profile_steps: tuple[int, int] | None = None
+    # distribution
+    strategy: str = "auto"
+    cpu_replicas: int = 1
+    collective_timeout_s: float = 0.0
+    inter_op_parallelism: int = 0
+    intra_op_parallelism: int = 0
+
+    def __post_init__(self):
+        def need(condition: bool, message: str):
+            if not condition:
+                raise UserError(message)
+
+        need(self.mode in MODES, f"--mode must be one of {list(MODES)}, got {self.mode!r}")
+        need(self.model_type in MODEL_TYPES, f"--model_type must be one of {list(MODEL_TYPES)}, got {self.model_type!r}")
+        need(bool(self.dataset_dir), "--dataset_dir is required: the folder with feature_spec.yaml and the TFRecords")
+        need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        need(self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        need(self.global_batch_size >= 1, f"--global_batch_size must be >= 1, got {self.global_batch_size}")
+        need(self.amp_dtype in AMP_DTYPES, f"--amp_dtype must be one of {list(AMP_DTYPES)}, got {self.amp_dtype!r}")
+        need(self.repeat_count >= 0, f"--repeat_count must be >= 0, got {self.repeat_count}")
+        need(self.long_seq_length >= 1, f"--long_seq_length must be >= 1, got {self.long_seq_length}")
+        need(self.shuffle_buffer >= 0, f"--shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        need(self.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        need(self.checkpoint_every_steps >= 0, f"--checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
+        need(self.benchmark_warmup_steps >= 0, f"--benchmark_warmup_steps must be >= 0, got {self.benchmark_warmup_steps}")
+        need(self.benchmark_steps >= 1, f"--benchmark_steps must be >= 1, got {self.benchmark_steps}")
+        need(self.steps_per_loop >= 1, f"--steps_per_loop must be >= 1, got {self.steps_per_loop}")
+        need(self.eval_every_steps >= 0, f"--eval_every_steps must be >= 0, got {self.eval_every_steps}")
+        need(self.log_every_steps >= 1, f"--log_every_steps must be >= 1, got {self.log_every_steps}")
+        need(self.strategy in STRATEGIES, f"--strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        need(self.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {self.cpu_replicas}")
+        need(self.collective_timeout_s >= 0, f"--collective_timeout_s must be >= 0, got {self.collective_timeout_s}")
+        need(self.prebatch_train_size >= 0 and self.prebatch_test_size >= 0, "--prebatch_*_size must be >= 0")
+        if self.profile_steps is not None:
+            start, end = self.profile_steps
+            need(0 <= start < end, f"--profile_steps START,END needs 0 <= START < END, got {start},{end}")
+        need(not (self.random_init and self.mode == "train"), "--random_init is for --mode inference or evaluate")
+
+    @property
+    def tensorboard_path(self) -> str:
+        return self.tensorboard_dir or os.path.join(self.results_dir, "tensorboard")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["model"] = dataclasses.asdict(self.model)
+        return out
+
+    def write(self, path: str, extra: dict[str, Any] | None = None) -> None:
+        with open(path, "w") as f:
+            json.dump({**self.to_dict(), **(extra or {})}, f, indent=2, sort_keys=True)

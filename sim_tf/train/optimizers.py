@@ -1,0 +1,88 @@
+"""Optimizers: Keras's own, plus a lazy (row-sparse) Adam for embedding tables.
+
+Keras 3's Adam turns an embedding table's IndexedSlices gradient into a dense update of every row at
+every step (8.6 ms a step at 100k rows, 295 ms at 4M on these machines), which is why the recipe slows
+down as the vocabulary grows. :class:`LazyAdam` updates only the rows a batch touched: their moments
+and weights follow Adam exactly, untouched rows keep their moments (as TensorFlow Addons' LazyAdam did).
+On a step where every row is touched, it equals Keras's Adam.
+
+``weight_decay`` is decoupled (AdamW-style: w -= lr * wd * w); LazyAdam applies it to the touched rows
+of tables and to every dense variable.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from sim_tf.errors import UserError
+
+OPTIMIZERS = ("adam", "lazy_adam", "sgd", "adagrad")
+
+
+def _tf_variable(variable):
+    """The tf.Variable behind a Keras variable (the optimizer sees both kinds)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+@keras.saving.register_keras_serializable(package="sim_tf")
+class LazyAdam(keras.optimizers.Adam):
+    """Adam with sparse row updates for IndexedSlices gradients (embedding tables)."""
+
+    def __init__(self, learning_rate=0.001, weight_decay=None, **kwargs):
+        if kwargs.get("amsgrad"):
+            raise ValueError("LazyAdam does not support amsgrad")
+        super().__init__(learning_rate=learning_rate, weight_decay=None, **kwargs)
+        self.decoupled_weight_decay = float(weight_decay or 0.0)
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = tf.cast(learning_rate, variable.dtype)
+        decay = self.decoupled_weight_decay
+        if not isinstance(gradient, tf.IndexedSlices):
+            if decay:
+                self.assign_sub(variable, variable * (lr * decay))
+            return super().update_step(gradient, variable, learning_rate)
+
+        # Sum duplicate rows (the same id looked up several times, or by several replicas).
+        rows, position = tf.unique(gradient.indices)
+        values = tf.math.unsorted_segment_sum(
+            tf.cast(gradient.values, variable.dtype), position, tf.shape(rows)[0]
+        )
+        step = tf.cast(self.iterations + 1, variable.dtype)
+        beta_1 = tf.cast(self.beta_1, variable.dtype)
+        beta_2 = tf.cast(self.beta_2, variable.dtype)
+        alpha = lr * tf.sqrt(1.0 - tf.pow(beta_2, step)) / (1.0 - tf.pow(beta_1, step))
+
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        m_rows = beta_1 * tf.gather(_tf_variable(m), rows) + (1.0 - beta_1) * values
+        v_rows = beta_2 * tf.gather(_tf_variable(v), rows) + (1.0 - beta_2) * tf.square(values)
+        self.assign(m, tf.IndexedSlices(m_rows, rows))
+        self.assign(v, tf.IndexedSlices(v_rows, rows))
+        delta = alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon)
+        if decay:
+            delta += lr * decay * tf.gather(_tf_variable(variable), rows)
+        self.assign_sub(variable, tf.IndexedSlices(delta, rows))
+
+    def get_config(self):
+        config = super().get_config()
+        config["weight_decay"] = self.decoupled_weight_decay or None
+        return config
+
+
+def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+    """Creates an optimizer by flag name; ``weight_decay`` 0 disables decay."""
+    if learning_rate <= 0:
+        raise UserError(f"--lr must be > 0, got {learning_rate}")
+    if weight_decay < 0:
+        raise UserError(f"--weight_decay must be >= 0, got {weight_decay}")
+    decay = weight_decay or None
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate, weight_decay=decay)
+    if name == "lazy_adam":
+        return LazyAdam(learning_rate, weight_decay=decay)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, weight_decay=decay)
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(learning_rate, weight_decay=decay)
+    raise UserError(f"--optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from sim_tf import distribute
+from sim_tf.distribute import ClusterInfo, choose_strategy
+from sim_tf.errors import UserError
+
+ONE = ClusterInfo()
+TWO = ClusterInfo(num_workers=2, task_index=1)
+
+
+@pytest.mark.parametrize(
+    "requested,gpus,cluster,cpu_replicas,kind,collective",
+    [
+        ("auto", 0, ONE, 1, "default", "none"),
+        ("auto", 1, ONE, 1, "default", "none"),
+        ("auto", 8, ONE, 1, "mirrored", "nccl"),
+        ("auto", 0, ONE, 2, "mirrored", "reduce_to_one_device"),
+        ("auto", 0, TWO, 1, "multi_worker", "ring"),
+        ("auto", 4, TWO, 1, "multi_worker", "nccl"),
+        ("mirrored", 0, ONE, 1, "mirrored", "reduce_to_one_device"),
+        ("mirrored", 1, ONE, 1, "mirrored", "reduce_to_one_device"),
+        ("mirrored", 2, ONE, 1, "mirrored", "nccl"),
+        ("one_device", 2, ONE, 1, "one_device", "none"),
+        ("multi_worker", 0, ONE, 1, "multi_worker", "ring"),
+    ],
+)
+def test_strategy_selection(requested, gpus, cluster, cpu_replicas, kind, collective):
+    choice = choose_strategy(requested, gpus, cluster, cpu_replicas)
+    assert (choice.kind, choice.collective) == (kind, collective)
+
+
+def test_nccl_is_never_chosen_without_gpus():
+    for requested in distribute.STRATEGIES:
+        for cluster, replicas in ((ONE, 1), (ONE, 2), (TWO, 1)):
+            try:
+                choice = choose_strategy(requested, 0, cluster, replicas)
+            except UserError:
+                continue
+            assert choice.collective != "nccl"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("default", 0, TWO, 1), "TF_CONFIG names 2 workers but --strategy=default"),
+        (("default", 0, ONE, 2), "--cpu_replicas=2 needs --strategy=mirrored"),
+        (("auto", 2, ONE, 2), "cannot be combined with GPUs"),
+        (("ps", 0, ONE, 1), "--strategy must be one of"),
+        (("auto", 0, ONE, 0), "--cpu_replicas must be >= 1"),
+    ],
+)
+def test_impossible_combinations_are_user_errors(args, message):
+    with pytest.raises(UserError, match=message):
+        choose_strategy(*args)
+
+
+def test_tf_config_parsing():
+    assert distribute.read_tf_config({}) == ONE
+    config = {"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", "index": 2}}
+    info = distribute.read_tf_config({"TF_CONFIG": json.dumps(config)})
+    assert info == ClusterInfo(3, "worker", 2) and not info.is_chief
+    config = {"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "chief", "index": 0}}
+    info = distribute.read_tf_config({"TF_CONFIG": json.dumps(config)})
+    assert info.num_workers == 2 and info.is_chief
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('{"task": {}}', "TF_CONFIG must be"),
+        ('{"cluster": {"ps": ["a:1"]}}', "lists no chief or worker"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "evaluator", "index": 0}}', "task type 'evaluator'"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "task index 3 is out of range"),
+    ],
+)
+def test_bad_tf_config(value, message):
+    with pytest.raises(UserError, match=message):
+        distribute.read_tf_config({"TF_CONFIG": value})

@@ -1,0 +1,67 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sim_tf.errors import UserError
+from sim_tf.train import optimizers
+from sim_tf.train.task import _is_dense_optimizer
+
+
+def _numpy_adam(init, ids, steps, lr=0.1, b1=0.9, b2=0.999, eps=1e-7, decay=0.0):
+    w = init.astype(np.float64).copy()
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t in range(1, steps + 1):
+        g = np.zeros_like(w)
+        np.add.at(g, ids, 2 * w[ids])
+        w = w - lr * decay * w
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w = w - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+    return w
+
+
+def _run(optimizer, init, ids, steps, densify):
+    var = keras.Variable(init.copy())
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.gather(var.value, ids) ** 2)
+        grad = tape.gradient(loss, var.value)
+        assert isinstance(grad, tf.IndexedSlices)
+        optimizer.apply([tf.convert_to_tensor(grad) if densify else grad], [var])
+    return var.numpy()
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+def test_lazy_adam_equals_dense_adam_when_every_row_is_touched(decay):
+    init = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    ids = np.array([0, 1, 2, 3, 4, 5, 5, 2, 2])  # duplicates, every row touched
+    expected = _numpy_adam(init, ids, 3, decay=decay)
+    dense = _run(optimizers.make_optimizer("adam", 0.1, decay), init, ids, 3, densify=True)
+    lazy = _run(optimizers.make_optimizer("lazy_adam", 0.1, decay), init, ids, 3, densify=False)
+    # float32 against a float64 reference
+    np.testing.assert_allclose(dense, expected, atol=1e-5)
+    np.testing.assert_allclose(lazy, expected, atol=1e-5)
+    np.testing.assert_allclose(lazy, dense, atol=1e-5)
+
+
+def test_lazy_adam_leaves_untouched_rows_alone():
+    init = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
+    out = _run(optimizers.LazyAdam(0.1, weight_decay=0.5), init, np.array([1, 4, 4]), 2, densify=False)
+    changed = np.abs(out - init).max(axis=1) > 0
+    np.testing.assert_array_equal(changed, [False, True, False, False, True, False])
+
+
+def test_dense_gradient_rule():
+    assert _is_dense_optimizer(optimizers.make_optimizer("adam", 0.1))
+    assert _is_dense_optimizer(optimizers.make_optimizer("adagrad", 0.1))
+    assert not _is_dense_optimizer(optimizers.make_optimizer("lazy_adam", 0.1))
+    assert not _is_dense_optimizer(optimizers.make_optimizer("sgd", 0.1))
+    assert _is_dense_optimizer(keras.optimizers.LossScaleOptimizer(optimizers.make_optimizer("adam", 0.1)))
+
+
+def test_bad_optimizer_arguments():
+    with pytest.raises(UserError, match="--optimizer must be one of"):
+        optimizers.make_optimizer("rmsprop", 0.1)
+    with pytest.raises(UserError, match="--lr must be > 0"):
+        optimizers.make_optimizer("adam", 0.0)
