@@ -213,8 +213,8 @@ def test_config_is_validated():
 
 def test_build_model_sizes_tables_from_the_spec(tiny_dataset):
     model = models.build_model("sim", models.ModelConfig(), tiny_dataset)
-    assert model.user_vocab_sizes == [201] and model.item_vocab_sizes == [1001, 21]
+    assert model.user_vocab_sizes == [201] and model.item_vocab_sizes == [2001, 101]
     model = models.build_model("din", models.ModelConfig(), tiny_dataset, out_of_range="oov")
-    assert model.item_vocab_sizes == [1002, 22]
+    assert model.item_vocab_sizes == [2002, 102]
     with pytest.raises(ValueError, match="model_type must be one of"):
         models.build_model("dcn", models.ModelConfig(), tiny_dataset)
