@@ -19,7 +19,9 @@ COMMANDS = {
     "train": ("sim_tf.main", {"mode": "train"}, "train a model (same flags as python -m sim_tf.main --mode train)"),
     "evaluate": ("sim_tf.main", {"mode": "evaluate"}, "evaluate a checkpoint on the test split (AUC, GAUC, log loss)"),
     "inference": ("sim_tf.main", {"mode": "inference"}, "predict the test split and measure throughput and latency"),
-    "synthesize": ("sim_tf.commands.synthesize", {}, "write a synthetic dataset (FeatureSpec + TFRecord)"),
+    "preprocess": ("sim_tf.commands.preprocess", {}, "Amazon Books 2014 raw files -> BYO parquet (`sim-tf preprocess amazon`)"),
+    "convert": ("sim_tf.commands.convert", {}, "BYO parquet + metadata.json -> TFRecord shards + feature_spec.yaml"),
+    "synthesize": ("sim_tf.commands.synthesize", {}, "write a synthetic dataset (TFRecord, or raw Amazon-format files)"),
     "inspect": ("sim_tf.commands.inspect", {}, "validate a dataset and print its shape, counts and a sample batch"),
     "benchmark-input": ("sim_tf.commands.benchmark_input", {}, "measure the input pipeline's samples/s"),
 }

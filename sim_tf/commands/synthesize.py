@@ -12,7 +12,8 @@ from sim_tf.data.atomic import atomic_directory
 from sim_tf.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("preset", "small", list(synthetic.PRESETS), "Dataset shape to start from.")
+flags.DEFINE_enum("format", "tfrecord", ["tfrecord", "amazon-raw"], "tfrecord: a ready dataset (FeatureSpec + TFRecord); amazon-raw: reviews_Books.json + meta_Books.json in the 2014 formats, for `sim-tf preprocess amazon`.")
+flags.DEFINE_enum("preset", "small", list(synthetic.PRESETS), "Dataset shape to start from (--format tfrecord).")
 flags.DEFINE_string("output", None, "Folder to write feature_spec.yaml and the TFRecord shards to.")
 flags.DEFINE_integer("users", None, "Override the preset's number of users.")
 flags.DEFINE_integer("items", None, "Override the preset's number of items.")
@@ -43,8 +44,25 @@ def config_from_flags() -> synthetic.SyntheticConfig:
         raise UserError(str(e)) from None
 
 
+def write_raw():
+    from sim_tf.data import amazon_raw
+
+    overrides = {name: getattr(FLAGS, name) for name in ("users", "items", "categories") if getattr(FLAGS, name) is not None}
+    try:
+        config = dataclasses.replace(amazon_raw.RawConfig(), seed=FLAGS.seed, **overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
+        amazon_raw.write(config, staging)
+
+
 def main(argv):
     del argv
+    if FLAGS.format == "amazon-raw":
+        started = time.perf_counter()
+        write_raw()
+        print(f"raw files written to {FLAGS.output} in {time.perf_counter() - started:.1f}s")
+        return
     config = config_from_flags()
     started = time.perf_counter()
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:

@@ -1,0 +1,283 @@
+"""BYO parquet (+ metadata.json) -> TFRecord shards + feature_spec.yaml, streaming.
+
+Input folder (the recipe's BYO layout): ``metadata.json`` with ``{"cardinalities": [{"name", "value"},
+...]}`` (user features first, then item features) and ``train/*.parquet``, ``test/*.parquet``.
+
+Columns are taken by position, as the recipe does: label, the user features, the target item features,
+one list column per item feature for the positive history, one per item feature for the negative
+history. Or by name (``--columns by_name``): ``label``, each feature's name for the user and target
+columns, ``{name}_sequence`` for the positive and ``neg_{name}_sequence`` for the negative history
+(the names `sim-tf preprocess amazon` writes). Histories longer than L keep their last L behaviours,
+shorter ones are left-padded with 0. Ids outside 0..cardinality stop the conversion with the column and
+the value: a converted dataset never holds ids its tables cannot look up.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Callable
+
+import numpy as np
+
+from sim_tf.data import feature_spec as fs
+from sim_tf.data import tfrecord_writer
+from sim_tf.errors import UserError
+from sim_tf.preprocess.progress import Progress
+
+COLUMN_MODES = ("by_position", "by_name")
+
+
+def read_metadata(folder: str, user_features: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    path = os.path.join(folder, "metadata.json")
+    if not os.path.exists(path):
+        raise UserError(f"{path!r} does not exist: a BYO parquet folder needs metadata.json with the cardinalities")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+        entries = [(str(e["name"]), int(e["value"])) for e in raw["cardinalities"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(
+            f'{path}: expected {{"cardinalities": [{{"name": ..., "value": ...}}, ...]}} ({type(e).__name__}: {e})'
+        ) from None
+    for name, value in entries:
+        if value <= 0:
+            raise UserError(f"{path}: cardinality of {name!r} is {value}; it must be positive")
+    if not 1 <= user_features < len(entries):
+        raise UserError(
+            f"--number_of_user_features {user_features} must leave at least one item feature among the "
+            f"{len(entries)} features of {path}"
+        )
+    return entries[:user_features], entries[user_features:]
+
+
+def _files(folder: str, split: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(folder, split, "*.parquet")), key=_natural_key)
+    if not files:
+        raise UserError(f"no parquet files in {os.path.join(folder, split)!r}")
+    return files
+
+
+def _natural_key(path: str):
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def _column_names(schema_names: list[str], users, items, mode: str, path: str) -> list[str]:
+    """The source column of each output feature, in output order."""
+    wanted = 1 + len(users) + 3 * len(items)
+    if mode == "by_position":
+        if len(schema_names) < wanted:
+            raise UserError(
+                f"{path} has {len(schema_names)} columns; by position it needs {wanted}: label, "
+                f"{len(users)} user, {len(items)} target item, {len(items)} positive and {len(items)} negative history columns"
+            )
+        return schema_names[:wanted]
+    names = ["label"] + [n for n, _ in users] + [n for n, _ in items]
+    names += [f"{n}_sequence" for n, _ in items] + [f"neg_{n}_sequence" for n, _ in items]
+    missing = [n for n in names if n not in schema_names]
+    if missing:
+        raise UserError(f"{path} has no column(s) {missing} (by name; it has {schema_names})")
+    return names
+
+
+def _pad_lists(column, length: int, name: str, path: str) -> np.ndarray:
+    """A list<int> arrow column -> [rows, length] int64: keep the last `length`, left-pad with 0."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
+        raise UserError(f"{path}: history column {name!r} is {column.type}, expected a list of ids")
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if column.null_count:
+        raise UserError(f"{path}: history column {name!r} has null rows")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    ends = np.cumsum(lengths)
+    out = np.zeros((lengths.size, length), dtype=np.int64)
+    take = np.minimum(lengths, length)
+    # Row r's kept values are values[ends[r] - take[r] : ends[r]], written right-aligned.
+    rows = np.repeat(np.arange(lengths.size), take)
+    within = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
+    source = np.repeat(ends - take, take) + within
+    out[rows, length - np.repeat(take, take) + within] = values[source]
+    return out
+
+
+def _scalar(column, name: str, path: str) -> np.ndarray:
+    import pyarrow as pa
+
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        raise UserError(f"{path}: column {name!r} holds lists, expected one id per row (check --columns / the order)")
+    if column.null_count:
+        raise UserError(f"{path}: column {name!r} has null rows")
+    values = column.to_numpy(zero_copy_only=False)
+    if values.dtype == bool:
+        return values.astype(np.int64)
+    if not np.issubdtype(values.dtype, np.number):
+        raise UserError(f"{path}: column {name!r} has type {column.type}, expected integers")
+    if np.issubdtype(values.dtype, np.floating) and not np.all(np.mod(values, 1) == 0):
+        raise UserError(f"{path}: column {name!r} holds non-integer values")
+    return values.astype(np.int64)
+
+
+def _check_range(values: np.ndarray, cardinality: int, name: str, path: str) -> None:
+    if values.size and (values.min() < 0 or values.max() > cardinality):
+        bad = values[(values < 0) | (values > cardinality)]
+        raise UserError(
+            f"{path}: column {name!r} holds id {int(bad[0])} outside 0..{cardinality} (its cardinality in "
+            f"metadata.json); {bad.size} such value(s) in this batch"
+        )
+
+
+class _ShardWriter:
+    """Streams samples into `parts` TFRecord files of about equal size, P samples per record."""
+
+    def __init__(self, folder: str, split: str, total_rows: int, parts: int, prebatch: int):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.folder = folder
+        self.split = split
+        self.prebatch = prebatch
+        records = total_rows // prebatch
+        self.parts = max(1, min(parts, records)) if records else 1
+        self.bounds = (np.linspace(0, records, self.parts + 1).astype(np.int64) * prebatch)[1:]
+        self.part = 0
+        self.written = 0
+        self.files: list[str] = []
+        self.pending: dict[str, list[np.ndarray]] = {}
+        self.pending_rows = 0
+        self.writer = None
+        tf.io.gfile.makedirs(os.path.join(folder, split))
+
+    def _open(self):
+        rel = f"{self.split}/part_{self.part:04d}.tfrecord"
+        self.files.append(rel)
+        self.writer = self.tf.io.TFRecordWriter(os.path.join(self.folder, rel))
+
+    def add(self, columns: dict[str, np.ndarray]):
+        for name, values in columns.items():
+            self.pending.setdefault(name, []).append(values)
+        self.pending_rows += len(next(iter(columns.values())))
+        self._drain()
+
+    def _drain(self):
+        """Writes every whole record that fits the current parts; keeps the rest pending."""
+        if not self.pending_rows:
+            return
+        merged = {k: np.concatenate(v) for k, v in self.pending.items()}
+        n, offset = self.pending_rows, 0
+        while self.part < self.parts:
+            end = int(self.bounds[self.part])
+            take = min(end - self.written, ((n - offset) // self.prebatch) * self.prebatch)
+            if take <= 0:
+                break
+            if self.writer is None:
+                self._open()
+            chunk = {k: v[offset : offset + take].reshape(take // self.prebatch, -1) for k, v in merged.items()}
+            for record in tfrecord_writer.encode_examples(chunk):
+                self.writer.write(record)
+            offset += take
+            self.written += take
+            if self.written == end:
+                self.writer.close()
+                self.writer = None
+                self.part += 1
+        self.pending = {k: [v[offset:]] for k, v in merged.items()}
+        self.pending_rows = n - offset
+
+    def close(self) -> list[str]:
+        self._drain()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.pending_rows:  # fewer than one record's worth: the recipe's remainder.tfrecord
+            rest = {k: np.concatenate(v).reshape(1, -1) for k, v in self.pending.items()}
+            rel = f"{self.split}/remainder.tfrecord"
+            with self.tf.io.TFRecordWriter(os.path.join(self.folder, rel)) as writer:
+                writer.write(tfrecord_writer.encode_examples(rest)[0])
+            self.files.append(rel)
+            self.written += self.pending_rows
+            self.pending, self.pending_rows = {}, 0
+        return self.files
+
+
+def convert(
+    input_dir: str,
+    output_dir: str,
+    number_of_user_features: int,
+    columns: str = "by_position",
+    history_length: int = 100,
+    train_parts: int = 8,
+    test_parts: int = 1,
+    prebatch_size: int = 1,
+    log: Callable[[str], None] = print,
+) -> fs.FeatureSpec:
+    """Converts a BYO parquet folder; writes into ``output_dir`` (use an empty or staging folder)."""
+    import pyarrow.parquet as pq
+
+    if columns not in COLUMN_MODES:
+        raise UserError(f"--columns must be one of {list(COLUMN_MODES)}, got {columns!r}")
+    if history_length < 1 or prebatch_size < 1:
+        raise UserError("--history_length and --prebatch_size must be >= 1")
+    users, items = read_metadata(input_dir, number_of_user_features)
+    feature_names = ["label"] + [f"user_feat_{i}" for i in range(len(users))]
+    feature_names += [f"item_feat_{i}_trgt" for i in range(len(items))]
+    feature_names += [f"item_feat_{i}_pos" for i in range(len(items))]
+    feature_names += [f"item_feat_{i}_neg" for i in range(len(items))]
+    cardinalities = [None] + [c for _, c in users] + [c for _, c in items] * 3
+    samples = {}
+    files = {}
+    for split, parts in (("train", train_parts), ("test", test_parts)):
+        sources = _files(input_dir, split)
+        total = 0
+        for path in sources:
+            try:
+                total += pq.ParquetFile(path).metadata.num_rows
+            except Exception as e:  # pyarrow raises several kinds for a broken file
+                raise UserError(f"{path} is not a readable parquet file: {e}") from None
+        writer = _ShardWriter(output_dir, split, total, parts, prebatch_size)
+        progress = Progress(f"converting {split}", unit="rows")
+        done = 0
+        for path in sources:
+            parquet = pq.ParquetFile(path)
+            names = _column_names(parquet.schema_arrow.names, users, items, columns, path)
+            for batch in parquet.iter_batches(batch_size=65536, columns=names):
+                out = {}
+                for index, (target, source) in enumerate(zip(feature_names, names)):
+                    column = batch.column(source)
+                    if index > len(users) + len(items):
+                        values = _pad_lists(column, history_length, source, path)
+                    else:
+                        values = _scalar(column, source, path)
+                    if index == 0:
+                        if values.size and (values.min() < 0 or values.max() > 1):
+                            raise UserError(f"{path}: label column {source!r} holds values other than 0 and 1")
+                    else:
+                        _check_range(values, cardinalities[index], source, path)
+                    out[target] = values
+                writer.add(out)
+                done += batch.num_rows
+                progress.update(done, done / max(total, 1))
+        files[split] = writer.close()
+        samples[split] = done
+        if done == 0:
+            raise UserError(f"the {split} parquet files in {os.path.join(input_dir, split)!r} hold no rows")
+        progress.done(done)
+    spec = fs.make_feature_spec(
+        [c for _, c in users],
+        [c for _, c in items],
+        history_length,
+        train_files=files["train"],
+        test_files=files["test"],
+        metadata={"samples": samples, "source": {"kind": "sim_tf.convert", "columns": columns,
+                                                  "features": [n for n, _ in users + items]}}
+        | ({"prebatch_size": prebatch_size} if prebatch_size > 1 else {}),
+        base_directory=output_dir,
+    )
+    spec.to_yaml(os.path.join(output_dir, fs.DEFAULT_FEATURE_SPEC_NAME))
+    log(f"converted {samples['train']:,} train and {samples['test']:,} test rows into {output_dir}")
+    return spec
