@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from absl import flags
@@ -20,6 +21,7 @@ flags.DEFINE_integer("min_history", 1, "Behaviours a training prefix needs befor
 flags.DEFINE_integer("train_parts", 8, "Parquet parts for the training rows (rows are shuffled across them).")
 flags.DEFINE_integer("test_parts", 1, "Parquet parts for the test rows.")
 flags.DEFINE_integer("seed", 0, "Seed for negatives and shuffling; the same seed gives the same output.")
+flags.DEFINE_integer("workers", min(2, os.cpu_count() or 1), "Processes writing the parquet parts.")
 flags.DEFINE_boolean("strict", False, "Stop at the first malformed input line instead of skipping it.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output.")
 
@@ -34,6 +36,7 @@ def main(argv):
     config = amazon.AmazonConfig(
         min_reviews=FLAGS.min_reviews, history_length=FLAGS.history_length, min_history=FLAGS.min_history,
         train_parts=FLAGS.train_parts, test_parts=FLAGS.test_parts, seed=FLAGS.seed, strict=FLAGS.strict,
+        workers=FLAGS.workers,
     )
     started = time.perf_counter()
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:

@@ -29,7 +29,7 @@ import json
 import os
 import re
 from array import array
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from sim_tf.preprocess.progress import Progress
 NO_CATEGORY = "no category"
 COLUMNS = ("label", "uid", "item", "cat", "item_sequence", "cat_sequence", "neg_item_sequence", "neg_cat_sequence")
 
+# The 2014 files write every review as {"reviewerID": "...", "asin": "...", ..., "unixReviewTime": N, ...}:
+# one anchored match covers them; anything else goes through the field-by-field path and its diagnostics.
+_REVIEW_FAST = re.compile(rb'\{"reviewerID": "([^"\\]*)", "asin": "([^"\\]*)", .*"unixReviewTime": (\d+)[,}]')
 _REVIEWER = re.compile(rb'"reviewerID"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _ASIN = re.compile(rb'"asin"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _TIME = re.compile(rb'"unixReviewTime"\s*:\s*(-?[0-9.eE+]+|"[^"]*"|null)')
@@ -56,9 +59,11 @@ class AmazonConfig:
     seed: int = 0
     strict: bool = False
     users_per_chunk: int = 20_000
+    workers: int = 2  # processes writing parquet parts
 
     def __post_init__(self):
-        for name in ("min_reviews", "history_length", "min_history", "train_parts", "test_parts", "users_per_chunk"):
+        for name in ("min_reviews", "history_length", "min_history", "train_parts", "test_parts", "users_per_chunk",
+                     "workers"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.min_reviews < self.min_history + 2:
@@ -102,33 +107,28 @@ def _open(path: str):
     return raw, raw
 
 
-def _lines(path: str, label: str) -> Iterator[tuple[int, bytes]]:
-    """Yields (line number, line), showing progress (lines, rate, ETA from the bytes read)."""
-    stream, raw = _open(path)
-    size = os.path.getsize(path) or 1
-    progress = Progress(label, unit="lines")
-    number = 0
-    with raw:
-        for number, line in enumerate(stream, start=1):
-            if number % 65536 == 0:
-                progress.update(number, raw.tell() / size)
-            yield number, line
-    progress.done(number)
-
-
-def read_reviews(path: str, strict: bool = False):
-    """One pass over the reviews: (user index, item index, time) arrays + the id string tables."""
+def _parse_review_lines(lines, first_line: int, strict: bool, path: str, progress=None):
+    """Parses review lines; returns local id arrays, local key tables and an InputReport."""
     users: dict[bytes, int] = {}
     items: dict[bytes, int] = {}
     user_col, item_col, time_col = array("i"), array("i"), array("q")
     report = InputReport()
-    for number, line in _lines(path, "reading reviews"):
-        report.lines = number
+    number = first_line - 1
+    for number, line in enumerate(lines, start=first_line):
+        if progress is not None and number % 65536 == 0:
+            progress(number)
         stripped = line.strip()
         if not stripped:
             continue
         if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
             report.problem("not a JSON object", number, strict, path)
+            continue
+        fast = _REVIEW_FAST.match(stripped)
+        if fast is not None:
+            user_col.append(users.setdefault(fast.group(1), len(users)))
+            item_col.append(items.setdefault(fast.group(2), len(items)))
+            time_col.append(int(fast.group(3)))
+            report.used += 1
             continue
         reviewer = _REVIEWER.search(stripped)
         asin = _ASIN.search(stripped)
@@ -146,15 +146,98 @@ def read_reviews(path: str, strict: bool = False):
         item_col.append(items.setdefault(asin.group(1), len(items)))
         time_col.append(timestamp)
         report.used += 1
+    report.lines = number - first_line + 1
+    return (np.frombuffer(user_col, dtype=np.int32), np.frombuffer(item_col, dtype=np.int32),
+            np.frombuffer(time_col, dtype=np.int64), list(users), list(items), report)
+
+
+def _range_lines(path: str, begin: int, end: int) -> list[bytes]:
+    """The complete lines of an uncompressed file that start inside [begin, end)."""
+    with open(path, "rb") as f:
+        if begin:
+            f.seek(begin - 1)
+            if f.read(1) != b"\n":
+                f.readline()  # the line that straddles `begin` belongs to the previous range
+        lines = []
+        while f.tell() < end:
+            line = f.readline()
+            if not line:
+                break
+            lines.append(line)
+    return lines
+
+
+def _ranges(path: str, pieces: int) -> list[tuple[int, int]]:
+    bounds = np.linspace(0, os.path.getsize(path), pieces + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _read_range(task):
+    path, begin, end = task
+    return _parse_review_lines(_range_lines(path, begin, end), 1, False, path)
+
+
+def _merge_reports(reports: list["InputReport"]) -> "InputReport":
+    """Combines per-range reports; line numbers become file line numbers."""
+    merged = InputReport()
+    offset = 0
+    for local in reports:
+        merged.used += local.used
+        for kind, count in local.counts.items():
+            merged.counts[kind] = merged.counts.get(kind, 0) + count
+            examples = merged.problems.setdefault(kind, [])
+            examples.extend(n + offset for n in local.problems[kind][: 5 - len(examples)])
+        offset += local.lines
+    merged.lines = offset
+    return merged
+
+
+PARALLEL_MIN_BYTES = 64 * 2**20  # smaller files are read by one process
+
+
+def read_reviews(path: str, strict: bool = False, workers: int = 1):
+    """One pass over the reviews: (user index, item index, time) arrays + the item id strings.
+
+    Uncompressed files are split into byte ranges read by ``workers`` processes (ids keep the order of
+    first appearance in the file); gzip files, and --strict runs, are read by one process.
+    """
+    stream, raw = _open(path)
+    size = os.path.getsize(path)
+    progress = Progress("reading reviews", unit="lines")
+    if workers > 1 and not strict and not path.endswith(".gz") and size > PARALLEL_MIN_BYTES:
+        raw.close()
+        import multiprocessing
+
+        tasks = [(path, a, b) for a, b in _ranges(path, workers * 4)]
+        users_table: dict[bytes, int] = {}
+        items_table: dict[bytes, int] = {}
+        user_ids, item_ids, times, reports = [], [], [], []
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            # Ranges arrive in file order and are merged at once, so ids keep the order of first appearance
+            # and only one range's key lists are held at a time.
+            for i, (users, items, when, user_keys, item_keys, local) in enumerate(pool.imap(_read_range, tasks)):
+                user_map = np.array([users_table.setdefault(k, len(users_table)) for k in user_keys], dtype=np.int32)
+                item_map = np.array([items_table.setdefault(k, len(items_table)) for k in item_keys], dtype=np.int32)
+                user_ids.append(user_map[users] if users.size else users)
+                item_ids.append(item_map[items] if items.size else items)
+                times.append(when)
+                reports.append(local)
+                progress.update(sum(r.lines for r in reports), (i + 1) / len(tasks), force=True)
+        report = _merge_reports(reports)
+        users, items, when = np.concatenate(user_ids), np.concatenate(item_ids), np.concatenate(times)
+        item_names = list(items_table)
+    else:
+        def lines():
+            with raw:
+                yield from stream
+
+        users, items, when, _, item_names, report = _parse_review_lines(
+            lines(), 1, strict, path, progress=lambda n: progress.update(n, raw.tell() / max(size, 1))
+        )
+    progress.done(report.lines)
     if report.used == 0:
         raise UserError(f"{path}: no usable review lines ({report.summary(path)})")
-    return (
-        np.frombuffer(user_col, dtype=np.int32),
-        np.frombuffer(item_col, dtype=np.int32),
-        np.frombuffer(time_col, dtype=np.int64),
-        list(items),
-        report,
-    )
+    return users, items, when, item_names, report
 
 
 def _first_path_leaf(literal: str) -> str | None:
@@ -167,15 +250,13 @@ def _first_path_leaf(literal: str) -> str | None:
     return None
 
 
-def read_categories(path: str, wanted: dict[bytes, int], strict: bool = False):
-    """Category name of each wanted item (by its new id), from the metadata's dict literals.
-
-    Only lines whose asin is wanted are evaluated, and only their first category path.
-    """
+def _parse_meta_lines(lines, first_line: int, wanted: dict[bytes, int], strict: bool, path: str, progress=None):
     names: dict[int, str] = {}
     report = InputReport()
-    for number, line in _lines(path, "reading metadata"):
-        report.lines = number
+    number = first_line - 1
+    for number, line in enumerate(lines, start=first_line):
+        if progress is not None and number % 65536 == 0:
+            progress(number)
         text = line.decode("utf-8", errors="replace").strip()
         if not text:
             continue
@@ -199,6 +280,50 @@ def read_categories(path: str, wanted: dict[bytes, int], strict: bool = False):
         if leaf is not None:
             names[item] = leaf
             report.used += 1
+    report.lines = number - first_line + 1
+    return names, report
+
+
+_WANTED: dict[bytes, int] = {}
+
+
+def _read_meta_range(task):
+    path, begin, end = task
+    return _parse_meta_lines(_range_lines(path, begin, end), 1, _WANTED, False, path)
+
+
+def read_categories(path: str, wanted: dict[bytes, int], strict: bool = False, workers: int = 1):
+    """Category name of each wanted item (by its new id), from the metadata's dict literals.
+
+    Only lines whose asin is wanted are evaluated, and only their first category path.
+    """
+    global _WANTED
+    stream, raw = _open(path)
+    size = os.path.getsize(path)
+    progress = Progress("reading metadata", unit="lines")
+    if workers > 1 and not strict and not path.endswith(".gz") and size > PARALLEL_MIN_BYTES:
+        raw.close()
+        import multiprocessing
+
+        _WANTED = wanted  # inherited by the forked workers
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                parts = pool.map(_read_meta_range, [(path, a, b) for a, b in _ranges(path, workers * 4)])
+        finally:
+            _WANTED = {}
+        names = {}
+        for part_names, _ in parts:
+            names.update(part_names)
+        report = _merge_reports([r for _, r in parts])
+    else:
+        def lines():
+            with raw:
+                yield from stream
+
+        names, report = _parse_meta_lines(
+            lines(), 1, wanted, strict, path, progress=lambda n: progress.update(n, raw.tell() / max(size, 1))
+        )
+    progress.done(report.lines)
     return names, report
 
 
@@ -241,7 +366,7 @@ def build_vocabulary(users, items, times, item_names, meta_path, config: AmazonC
     log(f"kept {new_users.size:,} reviews of {num_users:,} users with >= {config.min_reviews} reviews, {num_items:,} items")
 
     wanted = {item_names[old]: new for new, old in enumerate(old_items.tolist(), start=1)}
-    names, report = read_categories(meta_path, wanted, config.strict)
+    names, report = read_categories(meta_path, wanted, config.strict, config.workers)
     log(report.summary(meta_path))
     category_ids: dict[str, int] = {}
     category_of_item = np.zeros(num_items + 1, dtype=np.int32)
@@ -283,24 +408,26 @@ def _index_rows(vocab: Vocabulary, first_user: int, last_user: int, config: Amaz
 
 
 def _materialize(vocab: Vocabulary, index: np.ndarray, config: AmazonConfig, rng) -> dict[str, np.ndarray]:
-    """Index rows (user, end, target, label) -> the parquet columns."""
-    user, end, target, label = index.T
-    start = vocab.offsets[user - 1]
+    """Index rows (user, end, target, label) -> the parquet columns (histories int32 [rows, L])."""
+    user, end, target, label = (index[:, k] for k in range(4))
+    start = vocab.offsets[user - 1].astype(np.int32)
     length = config.history_length
-    positions = end[:, None] - length + np.arange(length)[None, :]
+    positions = end.astype(np.int32)[:, None] - np.int32(length) + np.arange(length, dtype=np.int32)[None, :]
     valid = positions >= start[:, None]
-    items = np.where(valid, vocab.item[np.clip(positions, 0, None)], 0)
-    negatives = np.where(valid, vocab.item[rng.integers(0, vocab.item.size, size=items.shape)], 0)
+    items = vocab.item[np.maximum(positions, 0)]
+    items *= valid
+    negatives = vocab.item[rng.integers(0, vocab.item.size, size=items.shape, dtype=np.int32)]
+    negatives *= valid
     cat = vocab.category_of_item
     return {
         "label": label,
         "uid": user,
         "item": target,
-        "cat": cat[target].astype(np.int64),
+        "cat": cat[target],
         "item_sequence": items,
-        "cat_sequence": cat[items].astype(np.int64),
+        "cat_sequence": cat[items],
         "neg_item_sequence": negatives,
-        "neg_cat_sequence": cat[negatives].astype(np.int64),
+        "neg_cat_sequence": cat[negatives],
     }
 
 
@@ -309,12 +436,12 @@ def _arrow_table(columns: dict[str, np.ndarray]):
 
     arrays = []
     for name in COLUMNS:
-        values = np.ascontiguousarray(columns[name], dtype=np.int64)
+        values = np.ascontiguousarray(columns[name])
         if values.ndim == 1:
-            arrays.append(pa.array(values))
-        else:
+            arrays.append(pa.array(values.astype(np.int64)))
+        else:  # histories: list<int32>, half the bytes of int64 (ids fit easily)
             offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
-            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1))))
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1).astype(np.int32, copy=False))))
     return pa.Table.from_arrays(arrays, names=list(COLUMNS))
 
 
@@ -327,16 +454,32 @@ def write_parquet(path: str, vocab: Vocabulary, index: np.ndarray, config: Amazo
         for start in range(0, max(1, index.shape[0]), rows_per_group):
             table = _arrow_table(_materialize(vocab, index[start : start + rows_per_group], config, rng))
             if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
+                # Dictionary encoding and column statistics buy little on id lists and cost write speed.
+                writer = pq.ParquetWriter(path, table.schema, use_dictionary=False, compression="snappy",
+                                          write_statistics=False)
             writer.write_table(table)
     finally:
         if writer is not None:
             writer.close()
 
 
+_WORKER_VOCAB: Vocabulary | None = None
+
+
+def _write_part(task) -> int:
+    """Shuffles one spilled part and writes it as parquet; runs in a worker process."""
+    spill, path, config, seed = task
+    rng = np.random.default_rng(seed)
+    index = np.fromfile(spill, dtype=np.int64).reshape(-1, 4)
+    os.remove(spill)
+    index = index[rng.permutation(index.shape[0])]
+    write_parquet(path, _WORKER_VOCAB, index, config, rng)
+    return int(index.shape[0])
+
+
 def preprocess(reviews: str, meta: str, output: str, config: AmazonConfig, log: Callable[[str], None] = print) -> dict:
     """Runs the whole preprocessing into ``output`` (which must be empty or absent); returns counts."""
-    users, items, times, item_names, report = read_reviews(reviews, config.strict)
+    users, items, times, item_names, report = read_reviews(reviews, config.strict, config.workers)
     log(report.summary(reviews))
     vocab = build_vocabulary(users, items, times, item_names, meta, config, log)
     del users, items, times, item_names
@@ -367,15 +510,26 @@ def preprocess(reviews: str, meta: str, output: str, config: AmazonConfig, log: 
         raise UserError("the kept users have no training prefixes; lower --min_history")
 
     progress = Progress("writing train parts", unit="rows")
+    global _WORKER_VOCAB
+    _WORKER_VOCAB = vocab  # inherited by the forked workers, not pickled
+    tasks = [(os.path.join(spill_dir, f"train_{p}.bin"), os.path.join(output, "train", f"part.{p}.parquet"), config,
+              (config.seed, 1, p)) for p in range(config.train_parts)]
+    workers = max(1, min(config.workers, config.train_parts))
     written = 0
-    for p in range(config.train_parts):
-        path = os.path.join(spill_dir, f"train_{p}.bin")
-        index = np.fromfile(path, dtype=np.int64).reshape(-1, 4)
-        os.remove(path)
-        index = index[rng.permutation(index.shape[0])]
-        write_parquet(os.path.join(output, "train", f"part.{p}.parquet"), vocab, index, config, rng)
-        written += index.shape[0]
-        progress.update(written, written / train_rows, force=True)
+    try:
+        if workers > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for rows in pool.imap_unordered(_write_part, tasks):
+                    written += rows
+                    progress.update(written, written / train_rows, force=True)
+        else:
+            for task in tasks:
+                written += _write_part(task)
+                progress.update(written, written / train_rows, force=True)
+    finally:
+        _WORKER_VOCAB = None
     os.rmdir(spill_dir)
     test = np.concatenate(test_index)
     for p, chunk in enumerate(np.array_split(test, config.test_parts)):

@@ -184,3 +184,24 @@ def test_gzip_inputs_and_an_interrupted_run_leaves_nothing(tmp_path):
                               amazon.AmazonConfig(), log=lambda s: None)
     assert not broken.exists()
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
+
+
+def test_parallel_reading_matches_one_process(tmp_path, monkeypatch):
+    from sim_tf.data import amazon_raw
+
+    amazon_raw.write(amazon_raw.RawConfig(users=200, items=1500, categories=30, seed=2), str(tmp_path / "raw"), log=None)
+    reviews, meta = str(tmp_path / "raw" / "reviews_Books.json"), str(tmp_path / "raw" / "meta_Books.json")
+    with open(reviews, "a") as f:  # two bad lines near the end: their file line numbers must survive the split
+        f.write("garbage\n" + json.dumps({"asin": "B1"}) + "\n")
+    lines = sum(1 for _ in open(reviews))
+    monkeypatch.setattr(amazon, "PARALLEL_MIN_BYTES", 0)
+    one = amazon.read_reviews(reviews, workers=1)
+    many = amazon.read_reviews(reviews, workers=2)
+    for a, b in zip(one[:3], many[:3]):
+        np.testing.assert_array_equal(a, b)
+    assert one[3] == many[3]
+    assert many[4].counts == {"not a JSON object": 1, "missing field reviewerID/unixReviewTime": 1}
+    assert many[4].problems == one[4].problems == {"not a JSON object": [lines - 1],
+                                                    "missing field reviewerID/unixReviewTime": [lines]}
+    wanted = {f"B{i:09d}".encode(): i for i in range(1, 1501, 3)}
+    assert amazon.read_categories(meta, wanted, workers=1)[0] == amazon.read_categories(meta, wanted, workers=2)[0]
