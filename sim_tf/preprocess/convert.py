@@ -279,5 +279,5 @@ def convert(
         base_directory=output_dir,
     )
     spec.to_yaml(os.path.join(output_dir, fs.DEFAULT_FEATURE_SPEC_NAME))
-    log(f"converted {samples['train']:,} train and {samples['test']:,} test rows into {output_dir}")
+    log(f"converted {samples['train']:,} train and {samples['test']:,} test rows")
     return spec
