@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("sim_tf.main", {"mode": "train"}, "train a model (same flags as python -m sim_tf.main --mode train)"),
     "evaluate": ("sim_tf.main", {"mode": "evaluate"}, "evaluate a checkpoint on the test split (AUC, GAUC, log loss)"),
     "inference": ("sim_tf.main", {"mode": "inference"}, "predict the test split and measure throughput and latency"),
+    "launch": ("sim_tf.commands.launch", {}, "start N local workers (`launch local`), or print TF_CONFIG for a cluster (`launch tf-config`)"),
     "preprocess": ("sim_tf.commands.preprocess", {}, "Amazon Books 2014 raw files -> BYO parquet (`sim-tf preprocess amazon`)"),
     "convert": ("sim_tf.commands.convert", {}, "BYO parquet + metadata.json -> TFRecord shards + feature_spec.yaml"),
     "synthesize": ("sim_tf.commands.synthesize", {}, "write a synthetic dataset (TFRecord, or raw Amazon-format files)"),
@@ -63,12 +64,17 @@ def _guarded(program: str, run):
     def wrapped(argv):
         from absl import logging
 
+        from sim_tf.errors import Interrupted
+
         logging.set_verbosity(logging.WARNING)  # TensorFlow's Python INFO lines (checkpoint sharding, ...)
         try:
             return run(argv)
         except UserError as e:
             print(f"{program}: error: {e}", file=sys.stderr)
             sys.exit(1)
+        except Interrupted as e:
+            print(f"{program}: {e}", file=sys.stderr)
+            sys.exit(Interrupted.exit_code)
 
     return wrapped
 

@@ -8,10 +8,12 @@ steps, each a single ``tf.function`` call.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from typing import Callable
@@ -23,7 +25,7 @@ import tensorflow as tf
 from sim_tf import distribute
 from sim_tf.data import dataset as data
 from sim_tf.data import feature_spec as fs
-from sim_tf.errors import UserError
+from sim_tf.errors import Interrupted, UserError
 from sim_tf.models import models
 from sim_tf.train import metrics
 from sim_tf.train.config import TrainConfig
@@ -83,6 +85,12 @@ def _percentiles(latencies_s: list[float]) -> dict[str, float]:
         "latency_p95_ms": float(np.percentile(ms, 95)),
         "latency_p99_ms": float(np.percentile(ms, 99)),
     }
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def variables_by_path(model: keras.Model) -> dict:
@@ -170,6 +178,7 @@ class Trainer:
         self._train_loop_fn = None
         self._predict_fn = None
         self._profiling = False
+        self._stop_signal = 0
         self.samples = {m: data.sample_count(self.spec, m) for m in ("train", "test")}
 
     # ------------------------------------------------------------------ input
@@ -218,9 +227,10 @@ class Trainer:
     # ------------------------------------------------------------------ compiled functions
     def _make_train_loop(self):
         strategy, task = self.strategy, self.task
+        multi_worker = self.cluster.num_workers > 1
 
         @tf.function
-        def train_loop(iterator, steps):
+        def train_loop(iterator, steps, stop_requested):
             loss_sum = tf.constant(0.0, tf.float32)
             done = tf.constant(0, tf.int64)
             for _ in tf.range(steps):
@@ -232,7 +242,15 @@ class Trainer:
                 done += 1
             self.global_step.assign_add(done)
             self.step_in_epoch.assign_add(done)
-            return loss_sum, done
+            if multi_worker:
+                # Every worker must stop at the same step, or the others would wait in a collective for
+                # ever: agree on "anyone asked to stop" with one small all-reduce per inner loop.
+                flag = tf.cast(stop_requested, tf.float32)
+                votes = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None)
+                stop = votes > 0
+            else:
+                stop = tf.convert_to_tensor(stop_requested)
+            return loss_sum, done, stop
 
         return train_loop
 
@@ -414,11 +432,35 @@ class Trainer:
                     chunk = min(chunk, edge - step)
         return max(1, chunk)
 
+    def _request_stop(self, signum, frame):
+        if self._stop_signal and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C does not wait
+        self._stop_signal = signum
+        self.log.say(f"received {signal.Signals(signum).name}: stopping after the current steps")
+
     def train(self) -> dict:
         c = self.config
         if self._train_loop_fn is None:
             self._train_loop_fn = self._make_train_loop()
         self.restore()
+        handlers = {}
+        if threading_is_main():
+            handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._train()
+        finally:
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
+
+    def weights_digest(self) -> str:
+        """A short hash of every model weight: equal on all workers of a synchronous job."""
+        digest = hashlib.sha256()
+        for variable in self.model.variables:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+        return digest.hexdigest()[:16]
+
+    def _train(self) -> dict:
+        c = self.config
         steps_per_epoch = self.steps_per_epoch()
         start_epoch = int(self.epoch.numpy())
         if start_epoch >= c.epochs:
@@ -438,12 +480,15 @@ class Trainer:
             iterator = iter(self._distributed_dataset("train", epoch, skip_steps=resume_at))
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             epoch_started = time.perf_counter()
+            stop_now = False
             while True:
                 step = int(self.global_step.numpy())
                 self._maybe_profile(step)
                 chunk = self._next_chunk(step)
                 started = time.perf_counter()
-                loss_sum, done = self._train_loop_fn(iterator, tf.constant(chunk, tf.int64))
+                loss_sum, done, stop = self._train_loop_fn(
+                    iterator, tf.constant(chunk, tf.int64), tf.constant(bool(self._stop_signal))
+                )
                 done = int(done.numpy())
                 loss_sum = float(loss_sum.numpy())
                 elapsed = time.perf_counter() - started
@@ -473,6 +518,19 @@ class Trainer:
                     last_eval = self._evaluate_and_log(epoch)
                 if done and c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0:
                     self.save()
+                stop_now = bool(stop.numpy())
+                if stop_now and not epoch_done:
+                    path = self.save()
+                    if path:
+                        where = f"saved {path}"
+                    elif c.save_checkpoint_path:
+                        where = "the chief saved the checkpoint"
+                    else:
+                        where = "no --save_checkpoint_path, nothing saved"
+                    self.log.record("interrupted", step=step, epoch=epoch, checkpoint=path)
+                    raise Interrupted(
+                        f"stopped at step {step} on request ({where}); run the same command again to resume"
+                    )
                 if epoch_done:
                     break
             self._maybe_profile(int(self.global_step.numpy()) + 10**9)
@@ -481,7 +539,11 @@ class Trainer:
             self.log.record("epoch", epoch=epoch, step=int(self.global_step.numpy()), train_loss=last_loss,
                             seconds=time.perf_counter() - epoch_started)
             last_eval = self._evaluate_and_log(epoch)
-            self.save()
+            path = self.save()
+            if stop_now and epoch + 1 < c.epochs:
+                self.log.record("interrupted", step=int(self.global_step.numpy()), epoch=epoch, checkpoint=path)
+                raise Interrupted(f"stopped after epoch {epoch + 1} on request (saved {path}); run the same "
+                                  f"command again to resume")
         summary = {
             "train_loss": last_loss,
             **{k: last_eval.get(k) for k in ("test_auc", "test_loss", "test_gauc")},
@@ -526,7 +588,7 @@ class Trainer:
             if c.profile_steps:
                 chunk = min([chunk] + [edge - step for edge in c.profile_steps if edge > step])
             started = time.perf_counter()
-            _, done = self._train_loop_fn(iterator, tf.constant(chunk, tf.int64))
+            _, done, _ = self._train_loop_fn(iterator, tf.constant(chunk, tf.int64), tf.constant(False))
             done = int(done.numpy())
             elapsed = time.perf_counter() - started
             if step >= c.benchmark_warmup_steps:
@@ -593,11 +655,25 @@ class Trainer:
             if explained is not None:
                 raise explained from None
             raise
+        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.InternalError) as e:
+            if self.cluster.num_workers <= 1:
+                raise
+            lines = [line.strip() for line in (e.message or "").splitlines() if line.strip()]
+            detail = " ".join(lines[:2])[:300]
+            raise UserError(
+                f"worker {self.cluster.task_index} lost contact with the other workers ({type(e).__name__}: {detail}); "
+                f"the job stops here: relaunch it to resume from the last checkpoint"
+            ) from None
         finally:
             if self._profiling:
                 tf.profiler.experimental.stop()
                 self._profiling = False
         summary = {"mode": c.mode, "model_type": c.model_type, "benchmark": c.benchmark, **summary}
+        if c.mode == "train":
+            summary["weights_digest"] = self.weights_digest()
+            if self.cluster.num_workers > 1:
+                print(f"worker {self.cluster.task_index}: model weights digest {summary['weights_digest']}", flush=True)
         self.log.record("summary", **summary)
         for writer in self._writers.values():
             writer.close()

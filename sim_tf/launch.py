@@ -1,0 +1,244 @@
+"""Starting multi-worker jobs: a local launcher and TF_CONFIG for real clusters.
+
+* :func:`run_local` starts N workers on 127.0.0.1 with free ports and the right TF_CONFIG each, prefixes
+  every output line with ``[worker i]``, and when a worker fails stops the others and reports which
+  worker failed and how (no orphans: each worker runs in its own process group, which is killed).
+* :func:`tf_config` builds TF_CONFIG from a host list and an index; :func:`slurm_tf_config` from SLURM's
+  environment (one task per node).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+
+from sim_tf.errors import UserError
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the OS reports free right now (held open together, so they are distinct)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config(workers: list[str], index: int) -> dict:
+    """TF_CONFIG for worker ``index`` of ``workers`` ("host:port" each); worker 0 is the chief."""
+    if not workers:
+        raise UserError("the worker list is empty")
+    for address in workers:
+        if not re.fullmatch(r"[^\s:,]+:\d{1,5}", address):
+            raise UserError(f"worker address {address!r} is not HOST:PORT")
+    if len(set(workers)) != len(workers):
+        raise UserError(f"worker addresses must be distinct, got {workers}")
+    if not 0 <= index < len(workers):
+        raise UserError(f"worker index {index} is out of range for {len(workers)} worker(s)")
+    return {"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": index}}
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """Expands SLURM's compressed host lists: "gpu[01-03,07],login1" -> gpu01 gpu02 gpu03 gpu07 login1."""
+    hosts = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", text):
+        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
+        if not match:
+            hosts.append(part)
+            continue
+        prefix, ranges, suffix = match.groups()
+        for item in ranges.split(","):
+            if "-" in item:
+                low, high = item.split("-", 1)
+                width = len(low)
+                hosts.extend(f"{prefix}{n:0{width}d}{suffix}" for n in range(int(low), int(high) + 1))
+            else:
+                hosts.append(f"{prefix}{item}{suffix}")
+    return hosts
+
+
+def slurm_tf_config(environ=None, port: int = 23456) -> dict:
+    """TF_CONFIG from SLURM's environment, one task (worker) per node."""
+    environ = os.environ if environ is None else environ
+    nodes = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    if not nodes:
+        raise UserError("SLURM_JOB_NODELIST is not set: run inside an allocation (sbatch/srun)")
+    rank = environ.get("SLURM_NODEID", environ.get("SLURM_PROCID"))
+    if rank is None:
+        raise UserError("neither SLURM_NODEID nor SLURM_PROCID is set: start one task per node with srun")
+    hosts = expand_hostlist(nodes)
+    return tf_config([f"{host}:{port}" for host in hosts], int(rank))
+
+
+class _Worker:
+    def __init__(self, index: int, process: subprocess.Popen):
+        self.index = index
+        self.process = process
+        self.last_lines: deque[str] = deque(maxlen=20)
+        self.threads: list[threading.Thread] = []
+
+
+def _pump(worker: _Worker, stream, out, lock):
+    for line in iter(stream.readline, ""):
+        worker.last_lines.append(line.rstrip("\n"))
+        with lock:
+            out.write(f"[worker {worker.index}] {line}")
+            out.flush()
+    stream.close()
+
+
+_NOISE = re.compile(r"^(?:[IW]\d{4} |WARNING: All log messages|To enable the following instructions)")
+
+
+def _error_line(lines) -> str:
+    """The most telling of a failed worker's last lines (TensorFlow's start-up chatter is skipped)."""
+    lines = [line.strip() for line in lines if line.strip() and not _NOISE.match(line.strip())]
+    for line in reversed(lines):
+        if re.search(r"(error|Error|Exception|Killed|Aborted)", line):
+            return line
+    return lines[-1] if lines else "(no output)"
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def run_local(
+    num_workers: int,
+    command: list[str],
+    grace_s: float = 15.0,
+    timeout_s: float = 0.0,
+    out=None,
+    env=None,
+) -> int:
+    """Runs ``python -m sim_tf COMMAND`` as ``num_workers`` local workers; returns the exit status.
+
+    SIGINT/SIGTERM to the launcher are forwarded to the workers (so they can checkpoint and exit).
+    """
+    if num_workers < 1:
+        raise UserError(f"--num_workers must be >= 1, got {num_workers}")
+    if not command:
+        raise UserError("nothing to run: put the trainer's arguments after `--`, e.g. "
+                        "`sim-tf launch local --num_workers 2 -- train --dataset_dir DIR`")
+    out = out or sys.stdout
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
+    lock = threading.Lock()
+    workers: list[_Worker] = []
+    base_env = dict(os.environ if env is None else env)
+    for index in range(num_workers):
+        worker_env = {**base_env, "TF_CONFIG": json.dumps(tf_config(addresses, index))}
+        process = subprocess.Popen(
+            [sys.executable, "-u", "-m", "sim_tf", *command],
+            env=worker_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group: the launcher can kill everything it started
+        )
+        worker = _Worker(index, process)
+        thread = threading.Thread(target=_pump, args=(worker, process.stdout, out, lock), daemon=True)
+        thread.start()
+        worker.threads.append(thread)
+        workers.append(worker)
+    with lock:
+        out.write(f"[launcher] started {num_workers} worker(s) on {', '.join(addresses)} "
+                  f"(pids {', '.join(str(w.process.pid) for w in workers)})\n")
+        out.flush()
+
+    stop_requested = []
+
+    def forward(signum, frame):
+        stop_requested.append(signum)
+        for w in workers:
+            _signal_group(w.process, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    started = time.monotonic()
+    failed: _Worker | None = None
+    try:
+        while True:
+            running = [w for w in workers if w.process.poll() is None]
+            for w in workers:
+                code = w.process.poll()
+                if code not in (None, 0) and failed is None and not stop_requested and code != 75:
+                    failed = w
+            if failed is not None or not running:
+                break
+            if timeout_s and time.monotonic() - started > timeout_s:
+                with lock:
+                    out.write(f"[launcher] the job ran past --timeout_s {timeout_s:g}; stopping it\n")
+                _stop_all(workers, grace_s)
+                return 124
+            time.sleep(0.2)
+        if failed is not None:
+            others = [w for w in workers if w is not failed and w.process.poll() is None]
+            _stop_all(others, grace_s)
+            for t in failed.threads:
+                t.join(timeout=5)
+            message = (f"[launcher] worker {failed.index} {_describe_exit(failed.process.returncode)}: "
+                       f"{_error_line(list(failed.last_lines))}; stopped the other worker(s)")
+            with lock:
+                out.write(message + "\n")
+                out.flush()
+            return failed.process.returncode if failed.process.returncode > 0 else 1
+        for w in workers:
+            for t in w.threads:
+                t.join(timeout=5)
+        codes = [w.process.returncode for w in workers]
+        if stop_requested:
+            with lock:
+                out.write(f"[launcher] stopped on signal {signal.Signals(stop_requested[0]).name}; worker exit "
+                          f"statuses {codes}\n")
+        if all(c == 0 for c in codes):
+            return 0
+        if all(c in (0, 75) for c in codes):
+            return 75  # the workers saved a checkpoint and asked to be run again
+        return 1
+    finally:
+        _stop_all([w for w in workers if w.process.poll() is None], grace_s)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _signal_group(process: subprocess.Popen, sig) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_all(workers: list[_Worker], grace_s: float) -> None:
+    """SIGTERM each worker's process group, then SIGKILL whatever is left after ``grace_s``."""
+    for w in workers:
+        _signal_group(w.process, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for w in workers:
+        try:
+            w.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for w in workers:
+        # A hung TensorFlow process may ignore SIGTERM; the group kill also takes its children.
+        _signal_group(w.process, signal.SIGKILL)
+        try:
+            w.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
