@@ -4,7 +4,8 @@ Each model's ``call(features, training)`` returns a dict:
 
 * ``logit`` [B] float32 and ``prediction`` [B] float32 (its sigmoid) — for SIM the stage-two logit;
 * SIM: ``stage_one_logit`` [B];
-* DIEN, SIM: ``aux_click_logits``, ``aux_noclick_logits``, ``aux_pair_mask`` [B, Ls - 1].
+* DIEN, SIM, when called with ``training=True``: ``aux_click_logits``, ``aux_noclick_logits``,
+  ``aux_pair_mask`` [B, Ls - 1] (inference skips the auxiliary network and needs no negative history).
 
 Embeddings: one table per user feature and one per item-feature position (shared by the target, the
 positive and the negative history); an item is the concatenation of its feature embeddings (width
@@ -132,13 +133,16 @@ class _DienBlock:
         self.augru.build((None, None, units))
         self.aux_net.build((None, None, units), (None, None, self.item_width))
 
-    def _dien(self, query, features):
+    def _dien(self, query, features, training):
+        """(final interest state, auxiliary outputs); the auxiliary network runs only when training."""
         short = self.embed_items(features[data.SHORT_HISTORY])
-        short_neg = self.embed_items(features[data.SHORT_NEG_HISTORY])
         mask = tf.cast(features[data.SHORT_MASK], short.dtype)
         states, _ = self.gru(short, mask)
         attention = self.dien_attention(query, states, mask)
         final = self.augru(states, mask, attention)
+        if not training:
+            return final, {}
+        short_neg = self.embed_items(features[data.SHORT_NEG_HISTORY])
         aux = {
             "aux_click_logits": self.aux_net(states[:, :-1], short[:, 1:]),
             "aux_noclick_logits": self.aux_net(states[:, :-1], short_neg[:, 1:]),
@@ -193,7 +197,7 @@ class DIEN(_DienBlock, CtrModel):
 
     def call(self, features, training=False):
         query = self.embed_items(features[data.TARGET])
-        final, aux = self._dien(query, features)
+        final, aux = self._dien(query, features, training)
         user = self.embed_user(features)
         logit = self.head(tf.concat([query, final, user], axis=-1), training=training)
         return self._with_prediction({"logit": logit, **aux})
@@ -243,7 +247,7 @@ class SIM(_DienBlock, CtrModel):
         attended, _ = self.esu_attention(query, top_items, top_mask)
         mean = masked_mean(top_items, top_mask)
 
-        final, aux = self._dien(query, features)
+        final, aux = self._dien(query, features, training)
         logit = self.head(tf.concat([attended, mean, query, final, user], axis=-1), training=training)
         return self._with_prediction({"logit": logit, "stage_one_logit": stage_one_logit, **aux})
 

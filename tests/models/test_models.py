@@ -59,12 +59,13 @@ def test_outputs_and_batch_of_one(model_type):
     model = build(model_type)
     for batch in (6, 1):
         features, labels = make_features(batch=batch)
-        out = model(features)
+        out = model(features, training=True)
         assert out["logit"].shape == (batch,) and out["logit"].dtype == tf.float32
         np.testing.assert_allclose(out["prediction"].numpy(), tf.sigmoid(out["logit"]).numpy())
         assert np.isfinite(losses.total_loss(out, labels).numpy())
     assert ("stage_one_logit" in out) == (model_type == "sim")
     assert ("aux_click_logits" in out) == (model_type != "din")
+    assert not any(key.startswith("aux") for key in model(features))  # inference skips the auxiliary network
 
 
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
@@ -74,7 +75,7 @@ def test_more_left_padding_gives_the_same_outputs(model_type):
     lengths = [0, 1, 3, 5, 7, 13]
     features, labels = make_features(lengths=lengths, seed=1)
     padded, _ = make_features(lengths=lengths, seed=1, left_pad_long=6)
-    out, out_padded = model(features), model(padded)
+    out, out_padded = model(features, training=True), model(padded, training=True)
     for key in out:
         if key.startswith("aux"):
             continue  # aux tensors keep the short length; their loss is compared below
@@ -85,7 +86,7 @@ def test_more_left_padding_gives_the_same_outputs(model_type):
     short_only = [0, 1, 2, 3, 4, 5]
     features, labels = make_features(lengths=short_only, seed=2)
     padded, _ = make_features(lengths=short_only, seed=2, left_pad_short=4)
-    out, out_padded = model(features), model(padded)
+    out, out_padded = model(features, training=True), model(padded, training=True)
     np.testing.assert_allclose(out_padded["logit"].numpy(), out["logit"].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(losses.total_loss(out_padded, labels), losses.total_loss(out, labels), rtol=1e-5)
 
@@ -118,7 +119,7 @@ def test_losses_are_finite_when_logits_saturate():
 def test_sim_aux_pairs_need_both_behaviours_real():
     model = build("sim")
     features, _ = make_features(lengths=[2, 0, 13, 1, 3, 4], seed=3)  # short length 5
-    pair_mask = model(features)["aux_pair_mask"].numpy()
+    pair_mask = model(features, training=True)["aux_pair_mask"].numpy()
     np.testing.assert_array_equal(pair_mask.sum(axis=1), [1, 0, 4, 0, 2, 3])
 
 
@@ -182,7 +183,7 @@ def test_mixed_precision_forward_matches_float32(model_type, policy, tolerance):
     assert all(v.dtype == "float32" for v in mixed.weights)
     assert mixed.head.dense[0].compute_dtype == policy.split("_")[1]
     features, labels = make_features(batch=16, seed=7)
-    out, out_mixed = reference(features), mixed(features)
+    out, out_mixed = reference(features, training=True), mixed(features, training=True)
     for key in ("logit", "prediction", "stage_one_logit", "aux_click_logits"):
         if key in out:
             assert out_mixed[key].dtype == tf.float32, key

@@ -1,0 +1,116 @@
+"""Export a trained model as a SavedModel with a `serving_default` signature over raw, named inputs.
+
+Inputs (names from the dataset's FeatureSpec, e.g. ``user_feat_0``, ``item_feat_0_trgt``,
+``item_feat_0_pos``), all int64:
+
+* every user feature: [batch];
+* every target item feature: [batch];
+* every positive-history feature: [batch, L], left-padded with 0 (most recent behaviour last).
+
+Output: ``probability`` [batch] float32, the click probability (SIM: its second stage). Ids outside
+``0..cardinality`` are handled as the FeatureSpec says: an error naming the feature (default), or the
+out-of-vocabulary row. The SavedModel needs only TensorFlow to load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from sim_tf.data import dataset as data
+from sim_tf.data import feature_spec as fs
+from sim_tf.models import models
+from sim_tf.train.trainer import variables_by_path
+
+
+class ServingModule(tf.Module):
+    def __init__(self, model, spec: fs.FeatureSpec, long_seq_length: int, out_of_range: str):
+        super().__init__(name="sim_tf_serving")
+        self.model = model
+        # Keras 3 hides list-held layers from TensorFlow's tracking; track the variables explicitly.
+        self.model_variables = variables_by_path(model)
+        self.spec = spec
+        self.long = long_seq_length
+        self.out_of_range = out_of_range
+        length = spec.history_length
+        signature = {name: tf.TensorSpec([None], tf.int64, name=name)
+                     for name in spec.user_features + spec.target_item_features}
+        signature.update({name: tf.TensorSpec([None, length], tf.int64, name=name)
+                          for name in spec.positive_history_features})
+        self.serve = tf.function(self._serve, input_signature=[signature])
+
+    def _ids(self, values, name):
+        card = self.spec.cardinality(name)
+        if self.out_of_range == "oov":
+            return tf.cast(tf.where((values < 0) | (values > card), tf.constant(card + 1, values.dtype), values), tf.int32)
+        check = tf.debugging.Assert(
+            tf.reduce_all((values >= 0) & (values <= card)),
+            [f"feature {name} has ids outside 0..{card}:", tf.boolean_mask(values, (values < 0) | (values > card))],
+        )
+        with tf.control_dependencies([check]):
+            return tf.cast(values, tf.int32)
+
+    def _serve(self, inputs):
+        spec = self.spec
+        positives = [self._ids(inputs[n], n) for n in spec.positive_history_features]
+        mask = tf.cast(positives[0] > 0, tf.float32)
+        features = {
+            data.USER: tuple(self._ids(inputs[n], n) for n in spec.user_features),
+            data.TARGET: tuple(self._ids(inputs[n], n) for n in spec.target_item_features),
+            data.LONG_HISTORY: tuple(p[:, : self.long] for p in positives),
+            data.SHORT_HISTORY: tuple(p[:, self.long :] for p in positives),
+            data.SHORT_NEG_HISTORY: tuple(p[:, self.long :] for p in positives),  # unused in inference
+            data.LONG_MASK: mask[:, : self.long],
+            data.SHORT_MASK: mask[:, self.long :],
+        }
+        return {"probability": self.model(features, training=False)["prediction"]}
+
+
+def export(model, spec: fs.FeatureSpec, long_seq_length: int, output: str, out_of_range: str | None = None,
+           extra: dict | None = None) -> str:
+    """Writes the SavedModel (plus sim_tf_export.json describing its inputs) to ``output``."""
+    policy = out_of_range or spec.out_of_range_ids
+    module = ServingModule(model, spec, long_seq_length, policy)
+    tf.saved_model.save(module, output, signatures={"serving_default": module.serve.get_concrete_function()})
+    description = {
+        "inputs": {name: {"shape": ["batch"], "cardinality": spec.cardinality(name)}
+                   for name in spec.user_features + spec.target_item_features},
+        "output": "probability",
+        "user_features": spec.user_features,
+        "target_item_features": spec.target_item_features,
+        "positive_history_features": spec.positive_history_features,
+        "history_length": spec.history_length,
+        "long_seq_length": long_seq_length,
+        "out_of_range_ids": policy,
+        **(extra or {}),
+    }
+    for name in spec.positive_history_features:
+        description["inputs"][name] = {"shape": ["batch", spec.history_length], "cardinality": spec.cardinality(name),
+                                       "padding": "left, with 0; most recent behaviour last"}
+    with open(os.path.join(output, "sim_tf_export.json"), "w") as f:
+        json.dump(description, f, indent=2)
+    return output
+
+
+def restore_model(model_type: str, config: models.ModelConfig, spec: fs.FeatureSpec, checkpoint: str):
+    """Builds the model for ``spec`` and restores its weights from a checkpoint (or a folder of them)."""
+    from sim_tf.errors import UserError
+
+    path = checkpoint
+    if tf.io.gfile.isdir(path):
+        path = tf.train.latest_checkpoint(path)
+        if path is None:
+            raise UserError(f"{checkpoint!r} holds no checkpoint")
+    elif not tf.io.gfile.exists(path + ".index"):
+        raise UserError(f"{checkpoint!r} is neither a checkpoint folder nor a checkpoint")
+    model = models.build_model(model_type, config, spec)
+    status = tf.train.Checkpoint(model=variables_by_path(model)).restore(path)
+    status.expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags "
+                        f"(--model_type, --embedding_dim, MLP sizes, --attention): {str(e)[:300]}") from None
+    return model, path
