@@ -21,6 +21,7 @@ COMMANDS = {
     "inference": ("sim_tf.main", {"mode": "inference"}, "predict the test split and measure throughput and latency"),
     "export": ("sim_tf.commands.export", {}, "write a SavedModel (serving_default over raw, named inputs) from a checkpoint"),
     "predict": ("sim_tf.commands.predict", {}, "batch prediction from an exported model to parquet or CSV"),
+    "report": ("sim_tf.commands.report", {}, "PNG of training loss, test AUC/GAUC and the ROC curve from a run's log"),
     "launch": ("sim_tf.commands.launch", {}, "start N local workers (`launch local`), or print TF_CONFIG for a cluster (`launch tf-config`)"),
     "preprocess": ("sim_tf.commands.preprocess", {}, "Amazon Books 2014 raw files -> BYO parquet (`sim-tf preprocess amazon`)"),
     "convert": ("sim_tf.commands.convert", {}, "BYO parquet + metadata.json -> TFRecord shards + feature_spec.yaml"),

@@ -15,7 +15,7 @@ def test_readme_flag_table_matches_the_flags():
 
 
 def test_readme_keeps_the_recipe_parameters():
-    table = docs.trainer_flag_table()
+    table = docs.table(docs.command_flags("sim_tf.main"))
     recipe = {"model_type": "sim", "embedding_dim": "16", "stage_one_mlp_dims": "200", "stage_two_mlp_dims": "200,80",
               "aux_mlp_dims": "100,50", "feature_spec": "feature_spec.yaml", "optimizer": "adam", "lr": "0.01",
               "weight_decay": "0.0", "epochs": "3", "global_batch_size": "131072", "dropout_rate": "-1.0",

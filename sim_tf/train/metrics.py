@@ -89,3 +89,66 @@ def evaluate_predictions(labels, probabilities, users) -> dict[str, float]:
         "gauc": group_auc(labels, probabilities, users),
         "samples": int(np.asarray(labels).size),
     }
+
+
+def _downsample(x: np.ndarray, y: np.ndarray, points: int) -> tuple[list[float], list[float]]:
+    if x.size > points:
+        keep = np.unique(np.linspace(0, x.size - 1, points).round().astype(int))
+        x, y = x[keep], y[keep]
+    return [round(float(v), 5) for v in x], [round(float(v), 5) for v in y]
+
+
+def roc_curve(labels, scores, points: int = 101) -> tuple[list[float], list[float]]:
+    """(false positive rates, true positive rates) at every distinct threshold, downsampled to ``points``."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    order = np.argsort(-scores, kind="mergesort")
+    y, s = labels[order], scores[order]
+    last_of_tie = np.concatenate([s[1:] != s[:-1], [True]])
+    tp = np.cumsum(y)[last_of_tie]
+    fp = np.cumsum(~y)[last_of_tie]
+    tpr = np.concatenate([[0.0], tp / max(int(labels.sum()), 1)])
+    fpr = np.concatenate([[0.0], fp / max(int((~labels).sum()), 1)])
+    return _downsample(fpr, tpr, points)
+
+
+def pr_curve(labels, scores, points: int = 101) -> tuple[list[float], list[float]]:
+    """(recalls, precisions) at every distinct threshold, downsampled to ``points``."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    order = np.argsort(-scores, kind="mergesort")
+    y, s = labels[order], scores[order]
+    last_of_tie = np.concatenate([s[1:] != s[:-1], [True]])
+    tp = np.cumsum(y)[last_of_tie]
+    predicted = (np.arange(1, y.size + 1))[last_of_tie]
+    recall = tp / max(int(labels.sum()), 1)
+    precision = tp / predicted
+    return _downsample(recall, precision, points)
+
+
+def curve_image(x, y, size: int = 200, diagonal: bool = False) -> np.ndarray:
+    """A [size, size, 3] uint8 plot of the polyline (x, y) in the unit square, with no plotting library.
+
+    Used for the TensorBoard ROC/PR images, so they need neither matplotlib nor a display.
+    """
+    image = np.full((size, size, 3), 255, dtype=np.uint8)
+    margin = 10
+    span = size - 2 * margin
+
+    def pixel(px, py):
+        return margin + np.round(np.asarray(px) * span).astype(int), size - 1 - margin - np.round(np.asarray(py) * span).astype(int)
+
+    # Axes box and optional chance diagonal, in grey.
+    t = np.linspace(0, 1, 4 * span)
+    for fx, fy in ((t, 0 * t), (t, 0 * t + 1), (0 * t, t), (0 * t + 1, t)) + (((t, t),) if diagonal else ()):
+        cols, rows = pixel(fx, fy)
+        image[rows, cols] = 170
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size >= 2:
+        segments = np.linspace(0, 1, 20)[None, :]
+        px = (x[:-1, None] + (x[1:] - x[:-1])[:, None] * segments).ravel()
+        py = (y[:-1, None] + (y[1:] - y[:-1])[:, None] * segments).ravel()
+        cols, rows = pixel(np.clip(px, 0, 1), np.clip(py, 0, 1))
+        for dr in (0, 1):
+            image[np.clip(rows + dr, 0, size - 1), cols] = (31, 119, 180)
+    return image

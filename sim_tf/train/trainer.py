@@ -387,12 +387,25 @@ class Trainer:
             raise UserError(f"the {mapping!r} mapping produced no samples")
         return np.concatenate(probabilities), np.concatenate(labels), np.concatenate(users), latencies
 
-    def evaluate(self, mapping: str = "test") -> dict[str, float]:
+    def evaluate(self, mapping: str = "test") -> dict:
         started = time.perf_counter()
         probabilities, labels, users, _ = self.predict(mapping)
         result = metrics.evaluate_predictions(labels, probabilities, users)
+        result["roc"] = metrics.roc_curve(labels, probabilities)
+        result["pr"] = metrics.pr_curve(labels, probabilities)
         result["seconds"] = time.perf_counter() - started
         return result
+
+    def _curves(self, step: int, result: dict):
+        writer = self._writer("validation")
+        if writer is None:
+            return
+        with writer.as_default(step=step):
+            tf.summary.image("roc_curve", metrics.curve_image(*result["roc"], diagonal=True)[None],
+                             description="ROC curve on the test split (x: false positive rate, y: true positive rate)")
+            tf.summary.image("pr_curve", metrics.curve_image(*result["pr"])[None],
+                             description="precision (y) against recall (x) on the test split")
+        writer.flush()
 
     def _evaluate_and_log(self, epoch: int):
         step = int(self.global_step.numpy())
@@ -401,8 +414,9 @@ class Trainer:
         if self.config.evaluate_train:
             train = self.evaluate("train")
             values.update(train_auc=train["auc"], train_eval_loss=train["loss"], train_gauc=train["gauc"])
-        self.log.record("eval", step=step, epoch=epoch, samples=result["samples"], **values)
+        self.log.record("eval", step=step, epoch=epoch, samples=result["samples"], roc=result["roc"], **values)
         self._scalars("validation", step, {"auc": result["auc"], "loss": result["loss"], "gauc": result["gauc"]})
+        self._curves(step, result)
         self.log.say(
             f"evaluation at step {step}: test AUC {result['auc']:.4f}, GAUC {result['gauc']:.4f}, "
             f"log loss {result['loss']:.4f} over {result['samples']:,} samples ({result['seconds']:.1f}s)"

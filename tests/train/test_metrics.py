@@ -61,3 +61,17 @@ def test_gauc_skips_single_class_users_and_weights_by_samples():
 def test_log_loss_by_hand_and_clipping():
     assert metrics.log_loss([1, 0], [0.8, 0.4]) == pytest.approx(-(np.log(0.8) + np.log(0.6)) / 2)
     assert np.isfinite(metrics.log_loss([1, 0], [0.0, 1.0]))
+
+
+def test_roc_and_pr_curves():
+    fpr, tpr = metrics.roc_curve([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1])
+    assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert list(zip(fpr, tpr)) == [(0.0, 0.0), (0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]
+    # The trapezoid area under the exact curve is the AUC.
+    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.roc_auc([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]))
+    recall, precision = metrics.pr_curve([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1])
+    assert list(zip(recall, precision)) == [(0.5, 1.0), (0.5, 0.5), (1.0, 0.66667), (1.0, 0.5)]
+    many = metrics.roc_curve(np.arange(1000) % 2, np.arange(1000), points=50)
+    assert len(many[0]) <= 50
+    image = metrics.curve_image(fpr, tpr, size=64, diagonal=True)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and (image != 255).any()

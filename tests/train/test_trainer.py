@@ -86,6 +86,16 @@ def test_train_then_evaluate_and_infer_from_checkpoint(tiny_dataset, tmp_path, m
     assert config["model_type"] == model_type and config["seed"] == 1
     assert config["resolved"]["strategy"]["kind"] == "default"
     assert any(name.startswith("events") for name in os.listdir(results / "tensorboard" / "validation"))
+    eval_record = [r for r in records if r["type"] == "eval"][-1]
+    assert eval_record["roc"][0][0] == 0.0 and eval_record["roc"][1][-1] == 1.0
+    if model_type == "sim":
+        from tensorboard.backend.event_processing import event_accumulator
+
+        events = event_accumulator.EventAccumulator(str(results / "tensorboard" / "validation"))
+        events.Reload()
+        assert {"auc", "gauc", "loss", "roc_curve", "pr_curve"} <= set(events.Tags()["tensors"])
+        out = run(["report", str(results)])
+        assert "wrote" in out.stdout and os.path.getsize(results / "report.png") > 10_000
 
     evaluated = tmp_path / "evaluated"
     run(["evaluate", *base_flags(tiny_dataset, evaluated, model_type=model_type, load_checkpoint_path=ckpt)])
