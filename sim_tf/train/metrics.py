@@ -98,32 +98,28 @@ def _downsample(x: np.ndarray, y: np.ndarray, points: int) -> tuple[list[float],
     return [round(float(v), 5) for v in x], [round(float(v), 5) for v in y]
 
 
-def roc_curve(labels, scores, points: int = 101) -> tuple[list[float], list[float]]:
-    """(false positive rates, true positive rates) at every distinct threshold, downsampled to ``points``."""
+def _counts_at_thresholds(labels, scores):
+    """(true positives, false positives, positives, negatives) above each distinct score, highest first."""
     labels = np.asarray(labels).astype(bool).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     order = np.argsort(-scores, kind="mergesort")
     y, s = labels[order], scores[order]
     last_of_tie = np.concatenate([s[1:] != s[:-1], [True]])
-    tp = np.cumsum(y)[last_of_tie]
-    fp = np.cumsum(~y)[last_of_tie]
-    tpr = np.concatenate([[0.0], tp / max(int(labels.sum()), 1)])
-    fpr = np.concatenate([[0.0], fp / max(int((~labels).sum()), 1)])
+    return np.cumsum(y)[last_of_tie], np.cumsum(~y)[last_of_tie], int(labels.sum()), int((~labels).sum())
+
+
+def roc_curve(labels, scores, points: int = 101) -> tuple[list[float], list[float]]:
+    """(false positive rates, true positive rates) at every distinct threshold, downsampled to ``points``."""
+    tp, fp, positives, negatives = _counts_at_thresholds(labels, scores)
+    tpr = np.concatenate([[0.0], tp / max(positives, 1)])
+    fpr = np.concatenate([[0.0], fp / max(negatives, 1)])
     return _downsample(fpr, tpr, points)
 
 
 def pr_curve(labels, scores, points: int = 101) -> tuple[list[float], list[float]]:
     """(recalls, precisions) at every distinct threshold, downsampled to ``points``."""
-    labels = np.asarray(labels).astype(bool).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    order = np.argsort(-scores, kind="mergesort")
-    y, s = labels[order], scores[order]
-    last_of_tie = np.concatenate([s[1:] != s[:-1], [True]])
-    tp = np.cumsum(y)[last_of_tie]
-    predicted = (np.arange(1, y.size + 1))[last_of_tie]
-    recall = tp / max(int(labels.sum()), 1)
-    precision = tp / predicted
-    return _downsample(recall, precision, points)
+    tp, fp, positives, _ = _counts_at_thresholds(labels, scores)
+    return _downsample(tp / max(positives, 1), tp / (tp + fp), points)
 
 
 def curve_image(x, y, size: int = 200, diagonal: bool = False) -> np.ndarray:
