@@ -15,7 +15,7 @@ from typing import Callable
 
 # name -> (module, main's keyword arguments, one-line help)
 COMMANDS = {
-    "demo": ("sim_tf.commands.demo", {}, "the main job: synthesize data, train SIM one epoch, evaluate, report"),
+    "demo": ("sim_tf.commands.demo", {}, "the main job: raw synthetic files -> preprocess -> convert -> train SIM one epoch -> evaluate"),
     "train": ("sim_tf.main", {"mode": "train"}, "train a model (same flags as python -m sim_tf.main --mode train)"),
     "evaluate": ("sim_tf.main", {"mode": "evaluate"}, "evaluate a checkpoint on the test split (AUC, GAUC, log loss)"),
     "inference": ("sim_tf.main", {"mode": "inference"}, "predict the test split and measure throughput and latency"),
