@@ -22,7 +22,7 @@ import tensorflow as tf
 from sim_tf.data import dataset as data
 from sim_tf.data import feature_spec as fs
 from sim_tf.models import models
-from sim_tf.train.trainer import variables_by_path
+from sim_tf.train.trainer import find_checkpoint, restore_model_weights, variables_by_path
 
 
 class ServingModule(tf.Module):
@@ -42,15 +42,7 @@ class ServingModule(tf.Module):
         self.serve = tf.function(self._serve, input_signature=[signature])
 
     def _ids(self, values, name):
-        card = self.spec.cardinality(name)
-        if self.out_of_range == "oov":
-            return tf.cast(tf.where((values < 0) | (values > card), tf.constant(card + 1, values.dtype), values), tf.int32)
-        check = tf.debugging.Assert(
-            tf.reduce_all((values >= 0) & (values <= card)),
-            [f"feature {name} has ids outside 0..{card}:", tf.boolean_mask(values, (values < 0) | (values > card))],
-        )
-        with tf.control_dependencies([check]):
-            return tf.cast(values, tf.int32)
+        return data.checked_ids(values, name, self.spec.cardinality(name), self.out_of_range)
 
     def _serve(self, inputs):
         spec = self.spec
@@ -96,21 +88,7 @@ def export(model, spec: fs.FeatureSpec, long_seq_length: int, output: str, out_o
 
 def restore_model(model_type: str, config: models.ModelConfig, spec: fs.FeatureSpec, checkpoint: str):
     """Builds the model for ``spec`` and restores its weights from a checkpoint (or a folder of them)."""
-    from sim_tf.errors import UserError
-
-    path = checkpoint
-    if tf.io.gfile.isdir(path):
-        path = tf.train.latest_checkpoint(path)
-        if path is None:
-            raise UserError(f"{checkpoint!r} holds no checkpoint")
-    elif not tf.io.gfile.exists(path + ".index"):
-        raise UserError(f"{checkpoint!r} is neither a checkpoint folder nor a checkpoint")
+    path = find_checkpoint(checkpoint)
     model = models.build_model(model_type, config, spec)
-    status = tf.train.Checkpoint(model=variables_by_path(model)).restore(path)
-    status.expect_partial()
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags "
-                        f"(--model_type, --embedding_dim, MLP sizes, --attention): {str(e)[:300]}") from None
+    restore_model_weights(model, path, model_type)
     return model, path

@@ -158,6 +158,31 @@ def sample_count(spec: fs.FeatureSpec, mapping: str) -> int:
     return int(total.numpy())
 
 
+def checked_ids(values: tf.Tensor, name: str, cardinality: int, out_of_range: str) -> tf.Tensor:
+    """int64 ids -> int32 ids, with ids outside 0..cardinality mapped to the OOV row (policy "oov") or
+    stopping the graph with a message naming the feature (policy "error"; see explain_data_error)."""
+    if out_of_range == "oov":
+        bad = (values < 0) | (values > cardinality)
+        values = tf.where(bad, tf.constant(cardinality + 1, values.dtype), values)
+    else:
+        low = tf.reduce_min(values)
+        high = tf.reduce_max(values)
+        check = tf.debugging.Assert(
+            (low >= 0) & (high <= cardinality),
+            [
+                f"{_ID_CHECK_PREFIX} {name} has ids outside 0..{cardinality}; smallest and largest in the batch:",
+                low,
+                high,
+                "- fix the data, or set out_of_range_ids: oov in the FeatureSpec metadata to map such ids "
+                "to an out-of-vocabulary row",
+            ],
+            name=f"check_ids_{name}",
+        )
+        with tf.control_dependencies([check]):
+            values = tf.identity(values)
+    return tf.cast(values, tf.int32)
+
+
 class _Transform:
     """Parsed int64 features -> the model's nested dict (casts, range checks, history split, masks)."""
 
@@ -173,27 +198,7 @@ class _Transform:
         self.out_of_range = out_of_range
 
     def _ids(self, values: tf.Tensor, name: str) -> tf.Tensor:
-        card = self.spec.cardinality(name)
-        if self.out_of_range == "oov":
-            bad = (values < 0) | (values > card)
-            values = tf.where(bad, tf.constant(card + 1, values.dtype), values)
-        else:
-            low = tf.reduce_min(values)
-            high = tf.reduce_max(values)
-            check = tf.debugging.Assert(
-                (low >= 0) & (high <= card),
-                [
-                    f"{_ID_CHECK_PREFIX} {name} has ids outside 0..{card}; smallest and largest in the batch:",
-                    low,
-                    high,
-                    "- fix the data, or set out_of_range_ids: oov in the FeatureSpec metadata to map such ids "
-                    "to an out-of-vocabulary row",
-                ],
-                name=f"check_ids_{name}",
-            )
-            with tf.control_dependencies([check]):
-                values = tf.identity(values)
-        return tf.cast(values, tf.int32)
+        return checked_ids(values, name, self.spec.cardinality(name), self.out_of_range)
 
     def __call__(self, parsed: dict[str, tf.Tensor]):
         spec = self.spec

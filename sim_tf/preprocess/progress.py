@@ -6,7 +6,8 @@ import sys
 import time
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """H:MM:SS."""
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
@@ -32,7 +33,7 @@ class Progress:
         rate = done / elapsed if elapsed > 0 else 0.0
         text = f"{self.label}: {done:,} {self.unit} ({rate:,.0f}/s"
         if fraction is not None and 0 < fraction <= 1:
-            text += f", {fraction:.0%}, ETA {_duration(elapsed / fraction - elapsed)}"
+            text += f", {fraction:.0%}, ETA {format_duration(elapsed / fraction - elapsed)}"
         print(text + ")", file=self.stream, flush=True)
 
     def done(self, count: int) -> float:

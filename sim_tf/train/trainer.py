@@ -27,6 +27,7 @@ from sim_tf.data import dataset as data
 from sim_tf.data import feature_spec as fs
 from sim_tf.errors import Interrupted, UserError
 from sim_tf.models import models
+from sim_tf.preprocess.progress import format_duration
 from sim_tf.train import metrics
 from sim_tf.train.config import TrainConfig
 from sim_tf.train.optimizers import make_optimizer
@@ -108,9 +109,27 @@ def variables_by_path(model: keras.Model) -> dict:
     return out
 
 
-def _format_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+def restore_model_weights(model: keras.Model, path: str, model_type: str) -> None:
+    """Loads only the model's weights from a training checkpoint; every weight must be found there."""
+    status = tf.train.Checkpoint(model=variables_by_path(model)).restore(path)
+    status.expect_partial()  # the optimizer and counters are not needed
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags "
+                        f"(--model_type, --embedding_dim, MLP sizes, --attention): {str(e)[:300]}") from None
+
+
+def find_checkpoint(path: str) -> str:
+    """The checkpoint --load_checkpoint_path names: itself, or the newest one in a folder."""
+    if tf.io.gfile.isdir(path):
+        found = tf.train.latest_checkpoint(path)
+        if found is None:
+            raise UserError(f"--load_checkpoint_path {path!r} holds no checkpoint")
+        return found
+    if not tf.io.gfile.exists(path + ".index"):
+        raise UserError(f"--load_checkpoint_path {path!r} is neither a checkpoint folder nor a checkpoint")
+    return path
 
 
 class Trainer:
@@ -304,22 +323,14 @@ class Trainer:
         if c.save_checkpoint_path and c.mode == "train":
             candidates.append(tf.train.latest_checkpoint(c.save_checkpoint_path))
         if c.load_checkpoint_path:
-            path = c.load_checkpoint_path
-            if tf.io.gfile.isdir(path):
-                found = tf.train.latest_checkpoint(path)
-                if found is None:
-                    raise UserError(f"--load_checkpoint_path {path!r} holds no checkpoint")
-                path = found
-            elif not tf.io.gfile.exists(path + ".index"):
-                raise UserError(f"--load_checkpoint_path {path!r} is neither a checkpoint folder nor a checkpoint")
-            candidates.append(path)
+            candidates.append(find_checkpoint(c.load_checkpoint_path))
         path = next((p for p in candidates if p), None)
         if path is None:
             return None
         if c.mode == "train":
             self.checkpoint.restore(path).assert_existing_objects_matched()
         else:
-            tf.train.Checkpoint(model=variables_by_path(self.model)).restore(path).expect_partial()
+            restore_model_weights(self.model, path, c.model_type)
         self.log.say(f"restored {path} (step {int(self.global_step.numpy())}, epoch {int(self.epoch.numpy())})")
         self.log.record("restore", path=path, step=int(self.global_step.numpy()), epoch=int(self.epoch.numpy()))
         return path
@@ -575,7 +586,7 @@ class Trainer:
         eta = max(0, steps_per_epoch - in_epoch) * c.global_batch_size / max(rate, 1e-9)
         self.log.say(
             f"epoch {epoch + 1}/{c.epochs} step {in_epoch}/{steps_per_epoch} loss {loss:.4f} "
-            f"{rate:,.0f} samples/s ETA {_format_duration(eta)}"
+            f"{rate:,.0f} samples/s ETA {format_duration(eta)}"
         )
         record = {"train_loss": loss, "samples_per_s": rate, "lr": self._learning_rate()}
         scale = self._loss_scale()
