@@ -19,7 +19,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from sim_tf.layers.core import masked_softmax
+from sim_tf.layers.core import masked_softmax, split_first_layer
 
 
 class _GatedRecurrence(keras.layers.Layer):
@@ -45,26 +45,40 @@ class _GatedRecurrence(keras.layers.Layer):
     def _run(self, inputs, mask, attention):
         dtype = self.compute_dtype
         inputs = tf.cast(inputs, dtype)
-        mask = tf.cast(mask, dtype)
-        steps = inputs.shape[1]
+        steps, width = inputs.shape[1], inputs.shape[2]
         if steps is None:
             raise ValueError("the sequence length must be static (it is fixed by the FeatureSpec)")
+        units = self.units
         w = tf.cast(self.input_kernel, dtype)
         u = tf.cast(self.recurrent_kernel, dtype)
-        projected = tf.einsum("btd,dk->btk", inputs, w) + tf.cast(self.bias, dtype)
-        state = tf.zeros(tf.stack([tf.shape(inputs)[0], self.units]), dtype)
+        # Input projections of every step in one matmul, then split by step with unstack: slicing
+        # step t out of [B, T, 3H] with x[:, t] would cost a full-size zero tensor per step in the
+        # backward pass (StridedSliceGrad), which took a third of SIM's training step.
+        batch = tf.shape(inputs)[0]
+        projected = tf.matmul(tf.reshape(inputs, [-1, width]), w) + tf.cast(self.bias, dtype)
+        projected = tf.unstack(tf.reshape(projected, [batch, steps, 3 * units]), axis=1)
+        # The state moves towards the candidate by gate_t * u_t, where gate_t is the mask (0 on padding:
+        # the state is carried over) times the attention weight for the AUGRU:
+        #   h_t = h_{t-1} + gate_t * u_t * (h~_t - h_{t-1})
+        # equals (1 - a u) h + a u h~ on real steps and h on padded ones.
+        gate = tf.cast(mask, dtype)
+        if attention is not None:
+            gate = gate * tf.cast(attention, dtype)
+        gates = tf.unstack(gate[:, :, None], axis=1)
+        state = None
         states = []
         for t in range(steps):
-            x_u, x_r, x_h = tf.split(projected[:, t], 3, axis=-1)
-            h_u, h_r, h_h = tf.split(tf.matmul(state, u), 3, axis=-1)
-            update = tf.sigmoid(x_u + h_u)
-            reset = tf.sigmoid(x_r + h_r)
-            candidate = tf.tanh(x_h + reset * h_h)
-            if attention is not None:
-                update = update * tf.cast(attention[:, t : t + 1], dtype)
-            new_state = (1.0 - update) * state + update * candidate
-            keep = mask[:, t : t + 1]
-            state = keep * new_state + (1.0 - keep) * state
+            x_gates, x_h = tf.split(projected[t], [2 * units, units], axis=-1)
+            if state is None:
+                # h_0 = 0: the recurrent terms vanish.
+                update, reset = tf.split(tf.sigmoid(x_gates), 2, axis=-1)
+                candidate = tf.tanh(x_h)
+                state = gates[t] * update * candidate
+            else:
+                h_gates, h_h = tf.split(tf.matmul(state, u), [2 * units, units], axis=-1)
+                update, reset = tf.split(tf.sigmoid(x_gates + h_gates), 2, axis=-1)
+                candidate = tf.tanh(x_h + reset * h_h)
+                state = state + gates[t] * update * (candidate - state)
             states.append(state)
         return tf.stack(states, axis=1), state
 
@@ -126,9 +140,9 @@ class DienAttention(keras.layers.Layer):
 
     def call(self, query, states, mask):
         q = self.query_prelu(self.query_dense(query))
-        q = tf.broadcast_to(q[:, None, :], tf.shape(states))
-        x = tf.concat([q, states, q - states, q * states], axis=-1)
-        for dense in self.dense:
+        first = self.dense[0]
+        x = first.activation(split_first_layer(first, q, tf.cast(states, q.dtype)))
+        for dense in self.dense[1:]:
             x = dense(x)
         scores = tf.squeeze(self.out(x), axis=-1)
         return masked_softmax(scores, mask)
@@ -164,10 +178,27 @@ class AuxiliaryNetwork(keras.layers.Layer):
         self.built = True
 
     def call(self, states, items):
-        x = tf.concat([states, tf.cast(items, states.dtype)], axis=-1)
-        for dense in self.dense:
+        return self.pair(states, items)[0]
+
+    def pair(self, states, clicked, unclicked=None):
+        """Logits for the clicked items and, if given, the unclicked ones, sharing the states' term.
+
+        The first layer on concat[h, e] is h W_h + e W_e + b; h W_h is computed once for both item kinds,
+        and the two kinds then go through the rest of the network as one batch.
+        """
+        dtype = states.dtype
+        first = self.dense[0]
+        kernel = tf.cast(first.kernel, dtype)
+        units = states.shape[-1]
+        w_states, w_items = kernel[:units], kernel[units:]
+        shared = tf.einsum("btd,dk->btk", states, w_states) + tf.cast(first.bias, dtype)
+        kinds = [clicked] if unclicked is None else [clicked, unclicked]
+        items = tf.concat([tf.cast(e, dtype) for e in kinds], axis=0)
+        x = first.activation(tf.tile(shared, [len(kinds), 1, 1]) + tf.einsum("btd,dk->btk", items, w_items))
+        for dense in self.dense[1:]:
             x = dense(x)
-        return tf.squeeze(self.out(x), axis=-1)
+        logits = tf.squeeze(self.out(x), axis=-1)
+        return tf.split(logits, len(kinds), axis=0)
 
     def get_config(self):
         return {**super().get_config(), "hidden_units": list(self.hidden_units)}

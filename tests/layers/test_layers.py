@@ -107,6 +107,41 @@ def test_augru_follows_the_paper_formula_for_one_step():
     np.testing.assert_allclose(got[0], a * z * candidate, rtol=1e-5)  # (1 - a z) * 0 + a z h~
 
 
+def _numpy_augru(x, mask, attention, w, u, b):
+    """The DIEN paper's recurrence written out step by step (eqs. 1-4 and 8-9), padded steps skipped."""
+    units = u.shape[0]
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))
+    h = np.zeros([x.shape[0], units])
+    states = []
+    for t in range(x.shape[1]):
+        proj = x[:, t] @ w + b
+        rec = h @ u
+        z = sigmoid(proj[:, :units] + rec[:, :units])
+        r = sigmoid(proj[:, units : 2 * units] + rec[:, units : 2 * units])
+        candidate = np.tanh(proj[:, 2 * units :] + r * rec[:, 2 * units :])
+        z = attention[:, t : t + 1] * z
+        new = (1 - z) * h + z * candidate
+        h = np.where(mask[:, t : t + 1] > 0, new, h)
+        states.append(h)
+    return np.stack(states, axis=1), h
+
+
+def test_gru_and_augru_match_the_paper_recurrence_over_many_steps():
+    gru, augru = _gru_pair(units=4, width=3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=[5, 7, 3]).astype("float32")
+    mask = (rng.random([5, 7]) > 0.3).astype("float32")
+    attention = rng.random([5, 7]).astype("float32")
+    w, u, b = (v.numpy().astype("float64") for v in gru.weights)
+    want_states, want_final = _numpy_augru(x, mask, np.ones([5, 7]), w, u, b)
+    states, final = gru(tf.constant(x), tf.constant(mask))
+    np.testing.assert_allclose(states.numpy(), want_states, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(final.numpy(), want_final, rtol=1e-5, atol=1e-6)
+    _, want_augru = _numpy_augru(x, mask, attention, w, u, b)
+    got = augru(tf.constant(x), tf.constant(mask), tf.constant(attention))
+    np.testing.assert_allclose(got.numpy(), want_augru, rtol=1e-5, atol=1e-6)
+
+
 def test_gru_padded_steps_leave_state_unchanged():
     gru, augru = _gru_pair()
     x = tf.random.normal([3, 4, 3], seed=2)
@@ -151,3 +186,33 @@ def test_layers_serialize_round_trip(layer):
     assert clone.get_config() == layer.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(restored) is type(layer)
+
+
+def test_split_first_layer_equals_the_dense_layer_on_the_concatenation():
+    dense = keras.layers.Dense(7)
+    dense.build((None, None, 4 * 5))
+    dense.bias.assign(tf.random.normal([7], seed=5))
+    query = tf.random.normal([3, 5], seed=6)
+    keys = tf.random.normal([3, 4, 5], seed=7)
+    q = tf.broadcast_to(query[:, None, :], keys.shape)
+    want = dense(tf.concat([q, keys, q - keys, q * keys], axis=-1))
+    got = core.split_first_layer(dense, query, keys)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_auxiliary_network_pair_equals_the_mlp_on_each_concatenation():
+    aux = dien.AuxiliaryNetwork((6, 4))
+    aux.build((None, None, 5), (None, None, 3))
+    states = tf.random.normal([2, 4, 5], seed=8)
+    clicked, unclicked = tf.random.normal([2, 4, 3], seed=9), tf.random.normal([2, 4, 3], seed=10)
+
+    def by_hand(items):
+        x = tf.concat([states, items], axis=-1)
+        for dense in aux.dense:
+            x = dense(x)
+        return tf.squeeze(aux.out(x), axis=-1).numpy()
+
+    click, noclick = aux.pair(states, clicked, unclicked)
+    np.testing.assert_allclose(click.numpy(), by_hand(clicked), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(noclick.numpy(), by_hand(unclicked), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux(states, clicked).numpy(), by_hand(clicked), rtol=1e-5, atol=1e-6)

@@ -219,3 +219,24 @@ def test_build_model_sizes_tables_from_the_spec(tiny_dataset):
     assert model.item_vocab_sizes == [2002, 102]
     with pytest.raises(ValueError, match="model_type must be one of"):
         models.build_model("dcn", models.ModelConfig(), tiny_dataset)
+
+
+def test_select_top_k_matches_top_k_and_its_gradient_matches_tf_gather():
+    rng = np.random.default_rng(3)
+    scores = tf.constant(rng.integers(0, 5, size=[4, 9]).astype("float32"))  # many ties
+    values = tf.constant(rng.normal(size=[4, 9, 3]).astype("float32"))
+    mask = tf.constant((rng.random([4, 9]) > 0.2).astype("float32"))
+    upstream = tf.constant(rng.normal(size=[4, 4, 3]).astype("float32"))
+    _, want_idx = tf.math.top_k(scores, k=4)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(values)
+        got, got_mask = models.select_top_k(scores, values, mask, 4)
+        want = tf.gather(values, want_idx, batch_dims=1)
+        got_loss, want_loss = tf.reduce_sum(got * upstream), tf.reduce_sum(want * upstream)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    np.testing.assert_array_equal(got_mask.numpy(), tf.gather(mask, want_idx, batch_dims=1).numpy())
+    np.testing.assert_allclose(
+        tape.gradient(got_loss, values).numpy(), tf.convert_to_tensor(tape.gradient(want_loss, values)).numpy()
+    )
+    full, _ = models.select_top_k(scores, values, mask, 9)
+    assert full.shape == (4, 9, 3)
