@@ -229,8 +229,10 @@ class Trainer:
             return False
         return size < pages / 4
 
-    def _distributed_dataset(self, mapping: str, epoch: int, skip_steps: int = 0):
+    def _distributed_dataset(self, mapping: str, epoch: int, skip_steps: int = 0, forever: bool = False):
         options = self._input_options(mapping, epoch)
+        if forever:
+            options = dataclasses.replace(options, repeat=0, cache=False)
         spec, batch = self.spec, self.config.global_batch_size
         local_replicas = self.strategy.num_replicas_in_sync // max(1, self.cluster.num_workers)
 
@@ -374,16 +376,16 @@ class Trainer:
         return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
     # ------------------------------------------------------------------ evaluation
-    def predict(self, mapping: str = "test", timed: bool = False):
-        """Runs the model over a whole mapping.
+    def predict(self, mapping: str = "test", timed: bool = False, batches: int | None = None):
+        """Runs the model over a whole mapping, or over ``batches`` global batches of it repeated.
 
         Returns (probabilities, labels, users, [(seconds, samples) per global batch] when ``timed``).
         """
         if self._predict_fn is None:
             self._predict_fn = self._make_predict()
-        iterator = iter(self._distributed_dataset(mapping, epoch=0))
+        iterator = iter(self._distributed_dataset(mapping, epoch=0, forever=batches is not None))
         probabilities, labels, users, latencies = [], [], [], []
-        while True:
+        while batches is None or len(labels) < batches:
             started = time.perf_counter()
             optional = iterator.get_next_as_optional()
             if not bool(optional.has_value()):
@@ -629,27 +631,29 @@ class Trainer:
         }
 
     def inference(self) -> dict:
-        """Predicts the test split; with --benchmark, warm-up batches are excluded from the timings."""
+        """Predicts the test split once and reports its metrics and speed (the first batch, which pays for
+        tracing, is not timed). With --benchmark it instead predicts warm-up + benchmark batches of the
+        test split repeated, and times the benchmark batches only.
+        """
         c = self.config
         started = time.perf_counter()
-        probabilities, labels, users, timings = self.predict("test", timed=True)
+        batches = c.benchmark_warmup_steps + c.benchmark_steps if c.benchmark else None
+        probabilities, labels, users, timings = self.predict("test", timed=True, batches=batches)
         total = time.perf_counter() - started
-        # The first batch pays for tracing and compilation; --benchmark skips its warm-up batches too.
-        skip = c.benchmark_warmup_steps if c.benchmark else 1
-        skip = min(skip, len(timings) - 1)
+        skip = min(c.benchmark_warmup_steps if c.benchmark else 1, len(timings) - 1)
         measured = timings[skip:]
         seconds = sum(t for t, _ in measured)
-        result = metrics.evaluate_predictions(labels, probabilities, users)
-        return {
-            "test_auc": result["auc"],
-            "test_loss": result["loss"],
-            "test_gauc": result["gauc"],
+        summary = {
             "samples": int(labels.size),
             "throughput": sum(n for _, n in measured) / seconds if seconds > 0 else None,
             "measured_batches": len(measured),
             "wall_seconds": total,
             **_percentiles([t for t, _ in measured]),
         }
+        if not c.benchmark:
+            result = metrics.evaluate_predictions(labels, probabilities, users)
+            summary = {"test_auc": result["auc"], "test_loss": result["loss"], "test_gauc": result["gauc"], **summary}
+        return summary
 
     def run(self) -> dict:
         c = self.config
