@@ -27,6 +27,7 @@ COMMANDS = {
     "convert": ("sim_tf.commands.convert", {}, "BYO parquet + metadata.json -> TFRecord shards + feature_spec.yaml"),
     "synthesize": ("sim_tf.commands.synthesize", {}, "write a synthetic dataset (TFRecord, or raw Amazon-format files)"),
     "inspect": ("sim_tf.commands.inspect", {}, "validate a dataset and print its shape, counts and a sample batch"),
+    "benchmark": ("sim_tf.commands.benchmark", {}, "train/inference throughput, latency, peak memory (and AUC) per model, preset and precision"),
     "benchmark-input": ("sim_tf.commands.benchmark_input", {}, "measure the input pipeline's samples/s"),
 }
 

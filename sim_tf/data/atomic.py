@@ -35,3 +35,17 @@ def atomic_directory(output: str, overwrite: bool = False):
             os.replace(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file beside it, so readers never see half a file."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(partial, "w") as f:
+            f.write(text)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)

@@ -70,6 +70,9 @@ class InputOptions:
     deterministic: bool = True
     num_parallel_reads: int = 4
     prebatch_size: int | None = None  # None detects it from metadata or the first record
+    # The negative history feeds DIEN's auxiliary loss only; prediction skips parsing it (a third of the
+    # parsing work), and its SHORT_NEG_HISTORY is then an empty tuple.
+    negative_history: bool = True
 
     def __post_init__(self):
         if self.long_seq_length < 0:
@@ -87,9 +90,12 @@ def embedding_rows(cardinality: int, out_of_range: str) -> int:
     return cardinality + 1 + (1 if out_of_range == "oov" else 0)
 
 
-def _parse_spec(spec: fs.FeatureSpec, ragged: bool) -> dict[str, Any]:
+def _parse_spec(spec: fs.FeatureSpec, ragged: bool, negative_history: bool = True) -> dict[str, Any]:
     out = {}
+    skipped = () if negative_history else set(spec.negative_history_features)
     for name in spec.channel_features():
+        if name in skipped:
+            continue
         if ragged:
             out[name] = tf.io.RaggedFeature(tf.int64)
         else:
@@ -208,7 +214,9 @@ class _Transform:
         targets = tuple(self._ids(tf.reshape(parsed[n], [-1]), n) for n in spec.target_item_features)
         positives = [self._ids(tf.reshape(parsed[n], [-1, length]), n) for n in spec.positive_history_features]
         negatives = [
-            self._ids(tf.reshape(parsed[n], [-1, length])[:, self.long :], n) for n in spec.negative_history_features
+            self._ids(tf.reshape(parsed[n], [-1, length])[:, self.long :], n)
+            for n in spec.negative_history_features
+            if n in parsed
         ]
         mask = tf.cast(positives[0] > 0, tf.float32)
         features = {
@@ -276,11 +284,11 @@ def make_dataset(
         records = records.repeat(None if options.repeat <= 0 else options.repeat)
 
     if prebatch == 1:
-        parse_spec = _parse_spec(spec, ragged=False)
+        parse_spec = _parse_spec(spec, ragged=False, negative_history=options.negative_history)
         ds = records.batch(batch_size, drop_remainder=options.drop_remainder)
         ds = ds.map(lambda r: transform(tf.io.parse_example(r, parse_spec)), num_parallel_calls=AUTOTUNE)
     else:
-        parse_spec = _parse_spec(spec, ragged=True)
+        parse_spec = _parse_spec(spec, ragged=True, negative_history=options.negative_history)
 
         def parse_flat(serialized):
             parsed = tf.io.parse_example(serialized, parse_spec)

@@ -39,6 +39,7 @@ class CtrTask:
         self._forward_backward = (
             tf.function(self._forward_backward_impl, jit_compile=True) if xla else self._forward_backward_impl
         )
+        self._predict = tf.function(self._predict_impl, jit_compile=True) if xla else self._predict_impl
 
     @staticmethod
     def local_counts(features, labels) -> tf.Tensor:
@@ -91,8 +92,10 @@ class CtrTask:
 
         return [mark(g) for g in grads]
 
+    def _predict_impl(self, features):
+        return self.model(features, training=False)["prediction"]
+
     def predict_step(self, batch):
         """(probabilities, labels, first user feature) of one replica's batch."""
         features, labels = batch
-        outputs = self.model(features, training=False)
-        return outputs["prediction"], labels, features[data.USER][0]
+        return self._predict(features), labels, features[data.USER][0]

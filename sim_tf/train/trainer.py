@@ -82,6 +82,7 @@ def _percentiles(latencies_s: list[float]) -> dict[str, float]:
     ms = np.asarray(latencies_s) * 1000.0
     return {
         "latency_mean_ms": float(ms.mean()),
+        "latency_p50_ms": float(np.percentile(ms, 50)),
         "latency_p90_ms": float(np.percentile(ms, 90)),
         "latency_p95_ms": float(np.percentile(ms, 95)),
         "latency_p99_ms": float(np.percentile(ms, 99)),
@@ -218,6 +219,7 @@ class Trainer:
             prefetch=prefetch if prefetch > 0 else data.AUTOTUNE,
             deterministic=True,
             prebatch_size=prebatch or None,
+            negative_history=mapping == "train",
         )
 
     def _fits_in_memory(self, mapping: str) -> bool:

@@ -94,6 +94,21 @@ def test_reader_outputs_shapes_masks_and_split(tmp_path, prebatch):
             assert label[row] == user % 2
 
 
+@pytest.mark.parametrize("prebatch", [1, 4])
+def test_prediction_input_skips_the_negative_history_only(tmp_path, prebatch):
+    spec = _hand_made(tmp_path, n=42, prebatch=prebatch)
+    full = list(data.make_dataset(spec, "test", 8, options=data.InputOptions(long_seq_length=4)))
+    lean = list(data.make_dataset(spec, "test", 8, options=data.InputOptions(long_seq_length=4, negative_history=False)))
+    assert len(full) == len(lean)
+    for (f_full, y_full), (f_lean, y_lean) in zip(full, lean):
+        assert f_lean["short_neg_history"] == ()
+        np.testing.assert_array_equal(y_full.numpy(), y_lean.numpy())
+        for key in f_full:
+            if key != "short_neg_history":
+                tf.nest.map_structure(lambda a, b: np.testing.assert_array_equal(a.numpy(), b.numpy()),
+                                      f_full[key], f_lean[key])
+
+
 def test_test_mapping_keeps_file_order_and_drop_remainder(tmp_path):
     spec = _hand_made(tmp_path, n=42, prebatch=4)
     assert _users(data.make_dataset(spec, "test", 8, options=data.InputOptions(long_seq_length=4))) == list(range(1, 43))

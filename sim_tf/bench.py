@@ -1,0 +1,247 @@
+"""The benchmark suite behind `sim-tf benchmark`: every performance number in README comes from here.
+
+A *case* is (model, preset, mode, config). Each case runs ``repeats`` times, each time in a fresh process
+(so compilation caches, allocator state and peak memory are per run), through the same commands a user
+runs: ``sim-tf train --benchmark``, ``sim-tf inference --benchmark --random_init``, or, for mode ``auc``,
+one real epoch of ``sim-tf train`` followed by its test evaluation. The result of a case is the median
+and the spread (min, max) of its runs, with every run kept in the JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Sequence
+
+from sim_tf.errors import UserError
+
+MODES = ("train", "inference", "auc")
+# Named precision/compilation settings -> trainer flags.
+CONFIGS = {
+    "fp32": [],
+    "fp32+xla": ["--xla"],
+    "amp": ["--amp"],
+    "amp+xla": ["--amp", "--xla"],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    model: str
+    preset: str
+    mode: str
+    config: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.preset}-{self.mode}-{self.config}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    global_batch_size: int = 4096
+    warmup_steps: int = 5
+    steps: int = 30
+    repeats: int = 3
+    optimizer: str | None = None  # None: the trainer's default
+    extra_flags: tuple[str, ...] = ()
+    timeout_s: float = 3600.0
+
+
+def cases(models: Sequence[str], presets: Sequence[str], modes: Sequence[str], configs: Sequence[str]) -> list[Case]:
+    for mode in modes:
+        if mode not in MODES:
+            raise UserError(f"--modes: unknown mode {mode!r}; choose from {list(MODES)}")
+    for config in configs:
+        if config not in CONFIGS:
+            raise UserError(f"--configs: unknown config {config!r}; choose from {list(CONFIGS)}")
+    return [Case(m, p, mode, c) for p in presets for m in models for mode in modes for c in configs]
+
+
+def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: str) -> list[str]:
+    """The `sim-tf` command line (after the program name) that runs one repeat of ``case``."""
+    from sim_tf.data import synthetic
+
+    preset = synthetic.PRESETS[case.preset]
+    command = "inference" if case.mode == "inference" else "train"
+    args = [
+        command,
+        f"--dataset_dir={dataset_dir}",
+        f"--model_type={case.model}",
+        f"--long_seq_length={preset.history_length - preset.recent_length}",
+        f"--global_batch_size={settings.global_batch_size}",
+        f"--results_dir={results_dir}",
+        *CONFIGS[case.config],
+    ]
+    if case.mode == "auc":
+        args += ["--epochs=1", "--seed=0"]
+    else:
+        args += ["--benchmark", f"--benchmark_warmup_steps={settings.warmup_steps}",
+                 f"--benchmark_steps={settings.steps}"]
+    if case.mode == "inference":
+        args.append("--random_init")
+    if settings.optimizer and case.mode != "inference":
+        args.append(f"--optimizer={settings.optimizer}")
+    return args + list(settings.extra_flags)
+
+
+def _summary(results_dir: str) -> dict | None:
+    path = os.path.join(results_dir, "log.json")
+    if not os.path.exists(path):
+        return None
+    summary = None
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("type") == "summary":
+                summary = record
+    return summary
+
+
+def run_once(args: list[str], results_dir: str, timeout_s: float) -> dict:
+    """Runs ``sim-tf ARGS`` in a fresh process; returns its summary plus peak RSS, or an error."""
+    shutil.rmtree(results_dir, ignore_errors=True)
+    os.makedirs(results_dir)
+    started = time.perf_counter()
+    with open(os.path.join(results_dir, "output.txt"), "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "sim_tf", *args], stdout=out, stderr=subprocess.STDOUT)
+        deadline = started + timeout_s
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                process.kill()
+                pid, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.05)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    result = {"wall_seconds": wall, "peak_rss_bytes": usage.ru_maxrss * 1024, "exit_code": process.returncode}
+    summary = _summary(results_dir)
+    if process.returncode != 0 or summary is None:
+        with open(os.path.join(results_dir, "output.txt")) as f:
+            lines = [line.rstrip() for line in f if line.strip()]
+        timed_out = wall >= timeout_s
+        reason = f"timed out after {timeout_s:.0f}s" if timed_out else f"exit status {process.returncode}"
+        result["error"] = f"{reason}: {lines[-1] if lines else 'no output'}"
+        return result
+    keep = ("throughput", "test_auc", "test_gauc", "test_loss", "latency_mean_ms", "latency_p50_ms",
+            "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "benchmark_steps", "measured_batches",
+            "time_to_train")
+    result.update({k: summary[k] for k in keep if summary.get(k) is not None})
+    return result
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Median and spread over the successful runs of one case (failed runs are counted, not averaged)."""
+    good = [r for r in runs if "error" not in r]
+    out: dict = {"runs": len(runs), "failed": len(runs) - len(good)}
+    if not good:
+        out["error"] = runs[-1].get("error") if runs else "not run"
+        return out
+
+    def spread(key: str) -> None:
+        values = [r[key] for r in good if r.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
+            out[f"{key}_min"] = min(values)
+            out[f"{key}_max"] = max(values)
+
+    spread("throughput")
+    spread("test_auc")
+    for key in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "test_gauc"):
+        values = [r[key] for r in good if r.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
+    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in good)
+    if "throughput" in out and out["throughput"]:
+        out["spread_percent"] = 100.0 * (out["throughput_max"] - out["throughput_min"]) / out["throughput"]
+    return out
+
+
+def format_table(results: list[dict]) -> str:
+    header = ["model", "preset", "mode", "config", "samples/s (median)", "min - max", "p50 / p90 / p99 ms",
+              "test AUC", "peak RSS", "runs"]
+    rows = []
+    for entry in results:
+        case, agg = entry["case"], entry["result"]
+        if "throughput" not in agg:
+            rows.append([case["model"], case["preset"], case["mode"], case["config"],
+                         f"FAILED: {agg.get('error', '?')}"[:60], "", "", "", "", f"{agg['runs']}"])
+            continue
+        latency = ""
+        if "latency_p50_ms" in agg:
+            latency = f"{agg['latency_p50_ms']:.0f} / {agg['latency_p90_ms']:.0f} / {agg['latency_p99_ms']:.0f}"
+        auc = f"{agg['test_auc']:.4f}" if "test_auc" in agg else ""
+        if "test_auc_min" in agg and agg["test_auc_max"] > agg["test_auc_min"]:
+            auc += f" ({agg['test_auc_min']:.4f}-{agg['test_auc_max']:.4f})"
+        failed = f" ({agg['failed']} failed)" if agg["failed"] else ""
+        rows.append([
+            case["model"], case["preset"], case["mode"], case["config"],
+            f"{agg['throughput']:,.0f}", f"{agg['throughput_min']:,.0f} - {agg['throughput_max']:,.0f}",
+            latency, auc, f"{agg['peak_rss_bytes'] / 2**30:.2f} GiB", f"{agg['runs']}{failed}",
+        ])
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = [" | ".join(str(v).ljust(w) for v, w in zip(header, widths))]
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [" | ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def ensure_dataset(preset: str, data_dir: str, echo: Callable[[str], None] = print) -> str:
+    """The folder of ``preset``'s synthetic dataset (seed 0), written on first use."""
+    from sim_tf.data import synthetic
+    from sim_tf.data.atomic import atomic_directory
+
+    if preset not in synthetic.PRESETS:
+        raise UserError(f"--presets: unknown preset {preset!r}; choose from {list(synthetic.PRESETS)}")
+    folder = os.path.join(data_dir, f"{preset}-seed0")
+    if not os.path.exists(os.path.join(folder, "feature_spec.yaml")):
+        echo(f"writing the {preset!r} synthetic dataset to {folder} (once)")
+        with atomic_directory(folder, overwrite=True) as staging:
+            synthetic.synthesize(synthetic.PRESETS[preset], staging)
+    return folder
+
+
+def machine() -> dict:
+    import platform
+
+    import tensorflow as tf
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+    }
+
+
+def run_suite(all_cases: list[Case], settings: Settings, data_dir: str, work_dir: str,
+              echo: Callable[[str], None] = print) -> list[dict]:
+    datasets = {p: ensure_dataset(p, data_dir, echo) for p in dict.fromkeys(c.preset for c in all_cases)}
+    results = []
+    for number, case in enumerate(all_cases, 1):
+        runs = []
+        for repeat in range(settings.repeats):
+            results_dir = os.path.join(work_dir, case.name, f"run{repeat}")
+            args = trainer_args(case, settings, datasets[case.preset], results_dir)
+            run = run_once(args, results_dir, settings.timeout_s)
+            run["command"] = "sim-tf " + " ".join(args)
+            runs.append(run)
+            shown = run.get("error") or (f"{run['throughput']:,.0f} samples/s" +
+                                         (f", test AUC {run['test_auc']:.4f}" if "test_auc" in run else ""))
+            echo(f"[{number}/{len(all_cases)}] {case.name} run {repeat + 1}/{settings.repeats}: {shown}, "
+                 f"peak RSS {run['peak_rss_bytes'] / 2**30:.2f} GiB")
+        results.append({"case": dataclasses.asdict(case), "result": aggregate(runs), "runs": runs})
+    return results

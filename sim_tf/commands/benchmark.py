@@ -1,0 +1,78 @@
+"""sim-tf benchmark: training and inference throughput (and one-epoch AUC) per model, preset and config.
+
+  sim-tf benchmark                                       SIM, DIEN, DIN on `small`: train + inference, fp32 + amp
+  sim-tf benchmark --models sim --configs fp32,amp+xla --modes train,inference,auc --repeats 5
+  sim-tf benchmark --presets small,amazon --modes train -- --optimizer=lazy_adam   (flags after -- go to every run)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import flags
+
+from sim_tf import bench
+from sim_tf.data.atomic import atomic_write_text
+from sim_tf.errors import UserError
+from sim_tf.models.models import MODEL_TYPES
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", list(MODEL_TYPES), f"Models to measure, from {list(MODEL_TYPES)}.")
+flags.DEFINE_list("presets", ["small"], "Synthetic presets to measure on (tiny, small, amazon); each is written once "
+                  "to --data_dir.")
+flags.DEFINE_list("modes", ["train", "inference"], "train: --benchmark training steps; inference: --benchmark "
+                  "prediction batches of the test split (random weights); auc: one real epoch + test AUC.")
+flags.DEFINE_list("configs", ["fp32", "amp"], f"Precision/compilation settings, from {list(bench.CONFIGS)} "
+                  "(amp is bfloat16 on CPU, float16 with loss scaling on GPU).")
+flags.DEFINE_integer("repeats", 3, "Runs per case, each in a fresh process; the table shows their median and range.",
+                     lower_bound=1)
+flags.DEFINE_integer("global_batch_size", 4096, "Global batch size of every run.", lower_bound=1)
+flags.DEFINE_integer("warmup_steps", 5, "Untimed steps (train) or batches (inference) per run.", lower_bound=0)
+flags.DEFINE_integer("steps", 30, "Timed steps or batches per run.", lower_bound=1)
+flags.DEFINE_string("optimizer", None, "Optimizer for train/auc runs (default: the trainer's default).")
+flags.DEFINE_string("data_dir", "sim_tf_bench/data", "Where the presets' datasets are kept.")
+flags.DEFINE_string("work_dir", "sim_tf_bench/runs", "Where each run's results and output go.")
+flags.DEFINE_string("json_output", "sim_tf_bench/benchmark.json", "The full results (every run) as JSON.")
+flags.DEFINE_float("timeout_s", 3600.0, "Stop a run that takes longer than this.", lower_bound=1.0)
+
+
+def main(argv):
+    extra = tuple(argv[1:])
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    for flag in extra:
+        if not flag.startswith("--"):
+            raise UserError(f"unexpected argument {flag!r}: trainer flags go after `--`, as --name=value")
+    settings = bench.Settings(
+        global_batch_size=FLAGS.global_batch_size,
+        warmup_steps=FLAGS.warmup_steps,
+        steps=FLAGS.steps,
+        repeats=FLAGS.repeats,
+        optimizer=FLAGS.optimizer,
+        extra_flags=extra,
+        timeout_s=FLAGS.timeout_s,
+    )
+    for model in FLAGS.models:
+        if model not in MODEL_TYPES:
+            raise UserError(f"--models: unknown model {model!r}; choose from {list(MODEL_TYPES)}")
+    all_cases = bench.cases(FLAGS.models, FLAGS.presets, FLAGS.modes, FLAGS.configs)
+    started = time.perf_counter()
+    results = bench.run_suite(all_cases, settings, FLAGS.data_dir, FLAGS.work_dir)
+    report = {
+        "settings": {**settings.__dict__, "extra_flags": list(extra)},
+        "machine": bench.machine(),
+        "seconds": time.perf_counter() - started,
+        "results": results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json_output)), exist_ok=True)
+    atomic_write_text(FLAGS.json_output, json.dumps(report, indent=2))
+    print()
+    print(bench.format_table(results))
+    print(f"\n{len(all_cases)} case(s) x {settings.repeats} run(s) in {report['seconds']:.0f}s; every run in "
+          f"{FLAGS.json_output}")
+    failed = [r["case"] for r in results if r["result"].get("failed")]
+    if failed:
+        names = ", ".join(bench.Case(**c).name for c in failed)
+        raise UserError(f"{len(failed)} case(s) had failed runs: {names} (see their output.txt under {FLAGS.work_dir})")
