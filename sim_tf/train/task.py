@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from sim_tf.data import dataset as data
 from sim_tf.models import losses
+from sim_tf.train.optimizers import LazyAdam, densify
 
 # Keras's Adam and Adagrad square an IndexedSlices gradient row by row *before* duplicate ids are summed,
 # which is not Adam; densifying first (as the recipe does) gives the real update. SGD and LazyAdam sum
@@ -21,7 +22,6 @@ DENSE_GRADIENT_OPTIMIZERS = (keras.optimizers.Adam, keras.optimizers.Adagrad)
 
 
 def _is_dense_optimizer(optimizer) -> bool:
-    from sim_tf.train.optimizers import LazyAdam
 
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return isinstance(inner, DENSE_GRADIENT_OPTIMIZERS) and not isinstance(inner, LazyAdam)
@@ -64,7 +64,7 @@ class CtrTask:
         global_counts = context.all_reduce(tf.distribute.ReduceOp.SUM, self.local_counts(features, labels))
         loss, grads = self._forward_backward(features, labels, global_counts)
         if self.dense_gradients:
-            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+            grads = [densify(g) for g in grads]
         if self.loss_scaling and self.num_replicas > 1:
             grads = self._agree_on_finiteness(context, grads)
         self.optimizer.apply(grads, self.model.trainable_variables)

@@ -65,3 +65,17 @@ def test_bad_optimizer_arguments():
         optimizers.make_optimizer("rmsprop", 0.1)
     with pytest.raises(UserError, match="--lr must be > 0"):
         optimizers.make_optimizer("adam", 0.0)
+
+
+def test_sum_rows_and_densify_equal_tensorflows_segment_sum():
+    from sim_tf.train.optimizers import densify, sum_rows
+
+    rng = np.random.default_rng(0)
+    ids = tf.constant(rng.integers(0, 50, size=5000), tf.int32)
+    values = tf.constant(rng.normal(size=[5000, 8]).astype("float32"))
+    want = tf.math.unsorted_segment_sum(values, ids, 60)
+    np.testing.assert_array_equal(sum_rows(values, ids, 60).numpy(), want.numpy())
+    slices = tf.IndexedSlices(values, ids, tf.constant([60, 8]))
+    np.testing.assert_array_equal(densify(slices).numpy(), tf.convert_to_tensor(slices).numpy())
+    dense = tf.ones([3, 2])
+    assert densify(dense) is dense
