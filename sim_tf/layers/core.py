@@ -204,14 +204,21 @@ class AttentionPooling(keras.layers.Layer):
             self.unit.build(input_shape)
         self.built = True
 
+    def scores(self, query, keys):
+        """Unnormalised scores [B, T] of every position."""
+        if self.unit is None:
+            return tf.einsum("btd,bd->bt", keys, query)
+        return self.unit(query, keys)
+
+    def ranked(self, query, keys, mask):
+        """The scores alone, padding at the dtype's minimum: all SIM's search needs at inference."""
+        scores = self.scores(query, keys)
+        return tf.where(tf.cast(mask, scores.dtype) > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
+
     def call(self, query, keys, mask):
         mask = tf.cast(mask, keys.dtype)
-        if self.unit is None:
-            scores = tf.einsum("btd,bd->bt", keys, query)
-            weights = masked_softmax(scores, mask)
-        else:
-            scores = self.unit(query, keys)
-            weights = scores * mask
+        scores = self.scores(query, keys)
+        weights = masked_softmax(scores, mask) if self.unit is None else scores * mask
         # A [1, T] x [T, D] matmul per sample: twice as fast here as the equivalent einsum, forward and back.
         pooled = tf.squeeze(tf.matmul(weights[:, None, :], keys), axis=1)
         ranked = tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))

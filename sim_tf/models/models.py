@@ -3,7 +3,7 @@
 Each model's ``call(features, training)`` returns a dict:
 
 * ``logit`` [B] float32 and ``prediction`` [B] float32 (its sigmoid) — for SIM the stage-two logit;
-* SIM: ``stage_one_logit`` [B];
+* SIM, when called with ``training=True``: ``stage_one_logit`` [B] (it only feeds the loss);
 * DIEN, SIM, when called with ``training=True``: ``aux_click_logits``, ``aux_noclick_logits``,
   ``aux_pair_mask`` [B, Ls - 1] (inference skips the auxiliary network and needs no negative history).
 
@@ -244,27 +244,37 @@ class SIM(_DienBlock, CtrModel):
         user = self.embed_user(features)
         long_history = self.embed_items(features[data.LONG_HISTORY])
         long_mask = tf.cast(features[data.LONG_MASK], long_history.dtype)
-        pooled_long, scores = self.gsu_attention(query, long_history, long_mask)
-        stage_one_logit = self.stage_one_head(tf.concat([query, pooled_long, user], axis=-1), training=training)
+        stage_one = {}
+        if training:
+            pooled_long, scores = self.gsu_attention(query, long_history, long_mask)
+            head_input = tf.concat([query, pooled_long, user], axis=-1)
+            stage_one["stage_one_logit"] = self.stage_one_head(head_input, training=training)
+        else:
+            # The stage-one logit only feeds the training loss; prediction needs the search scores alone.
+            scores = self.gsu_attention.ranked(query, long_history, long_mask)
 
         k = min(self.config.top_k, long_history.shape[1])
-        top_items, top_mask = select_top_k(scores, long_history, long_mask, k)
+        top_items, top_mask = select_top_k(scores, long_history, long_mask, k, differentiable=training)
         attended, _ = self.esu_attention(query, top_items, top_mask)
         mean = masked_mean(top_items, top_mask)
 
         final, aux = self._dien(query, features, training)
         logit = self.head(tf.concat([attended, mean, query, final, user], axis=-1), training=training)
-        return self._with_prediction({"logit": logit, "stage_one_logit": stage_one_logit, **aux})
+        return self._with_prediction({"logit": logit, **stage_one, **aux})
 
 
-def select_top_k(scores: tf.Tensor, values: tf.Tensor, mask: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+def select_top_k(scores: tf.Tensor, values: tf.Tensor, mask: tf.Tensor, k: int,
+                 differentiable: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
     """(values [B, k, D], mask [B, k]) at the k highest ``scores`` [B, T] of each row (ties: lower index).
 
-    Same selection as ``tf.math.top_k``, but the positions come from a full descending sort so that the
-    backward pass can be a gather by the inverse permutation: TensorFlow's gradient of a batched gather is
-    an UnsortedSegmentSum over [B * T, D] (35 ms a step for SIM here), although the k positions never
-    collide.
+    Same selection as ``tf.math.top_k``. When ``differentiable``, the positions come from a full
+    descending sort so that the backward pass can be a gather by the inverse permutation: TensorFlow's
+    gradient of a batched gather is an UnsortedSegmentSum over [B * T, D] (35 ms a step for SIM here),
+    although the k positions never collide. Prediction uses ``tf.math.top_k``, which is cheaper than a sort.
     """
+    if not differentiable:
+        _, top = tf.math.top_k(scores, k=k, sorted=False)
+        return tf.gather(values, top, batch_dims=1), tf.gather(mask, top, batch_dims=1)
     steps = values.shape[1]
     order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
     top, _ = tf.split(order, [k, steps - k], axis=1) if k < steps else (order, None)

@@ -65,7 +65,10 @@ def test_outputs_and_batch_of_one(model_type):
         assert np.isfinite(losses.total_loss(out, labels).numpy())
     assert ("stage_one_logit" in out) == (model_type == "sim")
     assert ("aux_click_logits" in out) == (model_type != "din")
-    assert not any(key.startswith("aux") for key in model(features))  # inference skips the auxiliary network
+    # Inference skips the auxiliary network and SIM's stage-one head, and predicts the same.
+    predicted = model(features)
+    assert set(predicted) == {"logit", "prediction"}
+    np.testing.assert_allclose(predicted["logit"].numpy(), out["logit"].numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
@@ -238,5 +241,9 @@ def test_select_top_k_matches_top_k_and_its_gradient_matches_tf_gather():
     np.testing.assert_allclose(
         tape.gradient(got_loss, values).numpy(), tf.convert_to_tensor(tape.gradient(want_loss, values)).numpy()
     )
+    fast, fast_mask = models.select_top_k(scores, values, mask, 4, differentiable=False)
+    order = np.argsort(-tf.gather(scores, tf.math.top_k(scores, 4, sorted=False)[1], batch_dims=1).numpy(), kind="stable")
+    assert {tuple(r) for r in fast.numpy().reshape(-1, 3)} == {tuple(r) for r in want.numpy().reshape(-1, 3)}
+    assert fast_mask.shape == (4, 4) and order.shape == (4, 4)
     full, _ = models.select_top_k(scores, values, mask, 9)
     assert full.shape == (4, 9, 3)
