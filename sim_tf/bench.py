@@ -52,6 +52,7 @@ class Settings:
     optimizer: str | None = None  # None: the trainer's default
     extra_flags: tuple[str, ...] = ()
     timeout_s: float = 3600.0
+    sim_tf_path: str | None = None  # run another checkout of sim-tf (before/after comparisons)
 
 
 def cases(models: Sequence[str], presets: Sequence[str], modes: Sequence[str], configs: Sequence[str]) -> list[Case]:
@@ -107,13 +108,20 @@ def _summary(results_dir: str) -> dict | None:
     return summary
 
 
-def run_once(args: list[str], results_dir: str, timeout_s: float) -> dict:
-    """Runs ``sim-tf ARGS`` in a fresh process; returns its summary plus peak RSS, or an error."""
+def run_once(args: list[str], results_dir: str, timeout_s: float, sim_tf_path: str | None = None) -> dict:
+    """Runs ``sim-tf ARGS`` in a fresh process; returns its summary plus peak RSS, or an error.
+
+    With ``sim_tf_path`` the process imports sim_tf from that checkout instead of this one.
+    """
+    env = dict(os.environ)
+    if sim_tf_path:
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(sim_tf_path)] + [p for p in [env.get("PYTHONPATH")] if p])
     shutil.rmtree(results_dir, ignore_errors=True)
     os.makedirs(results_dir)
     started = time.perf_counter()
     with open(os.path.join(results_dir, "output.txt"), "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "sim_tf", *args], stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "sim_tf", *args], stdout=out, stderr=subprocess.STDOUT,
+                                   env=env)
         deadline = started + timeout_s
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -236,7 +244,7 @@ def run_suite(all_cases: list[Case], settings: Settings, data_dir: str, work_dir
         for repeat in range(settings.repeats):
             results_dir = os.path.join(work_dir, case.name, f"run{repeat}")
             args = trainer_args(case, settings, datasets[case.preset], results_dir)
-            run = run_once(args, results_dir, settings.timeout_s)
+            run = run_once(args, results_dir, settings.timeout_s, settings.sim_tf_path)
             run["command"] = "sim-tf " + " ".join(args)
             runs.append(run)
             shown = run.get("error") or (f"{run['throughput']:,.0f} samples/s" +

@@ -36,6 +36,8 @@ flags.DEFINE_string("data_dir", "sim_tf_bench/data", "Where the presets' dataset
 flags.DEFINE_string("work_dir", "sim_tf_bench/runs", "Where each run's results and output go.")
 flags.DEFINE_string("json_output", "sim_tf_bench/benchmark.json", "The full results (every run) as JSON.")
 flags.DEFINE_float("timeout_s", 3600.0, "Stop a run that takes longer than this.", lower_bound=1.0)
+flags.DEFINE_string("sim_tf_path", None, "Run the trainer from another checkout of sim-tf (the folder holding its "
+                    "sim_tf package), e.g. an older commit for a before/after table.")
 
 
 def main(argv):
@@ -53,7 +55,10 @@ def main(argv):
         optimizer=FLAGS.optimizer,
         extra_flags=extra,
         timeout_s=FLAGS.timeout_s,
+        sim_tf_path=FLAGS.sim_tf_path,
     )
+    if FLAGS.sim_tf_path and not os.path.isfile(os.path.join(FLAGS.sim_tf_path, "sim_tf", "__init__.py")):
+        raise UserError(f"--sim_tf_path {FLAGS.sim_tf_path!r} holds no sim_tf package (sim_tf/__init__.py)")
     for model in FLAGS.models:
         if model not in MODEL_TYPES:
             raise UserError(f"--models: unknown model {model!r}; choose from {list(MODEL_TYPES)}")

@@ -44,8 +44,9 @@ def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return total / tf.maximum(count, tf.ones_like(count))
 
 
-def split_first_layer(dense: keras.layers.Dense, query: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
-    """``dense``'s pre-activation on [q, k_t, q - k_t, q * k_t] for query [B, D] and keys [B, T, D].
+def split_first_layer(dense: keras.layers.Dense, query: tf.Tensor, keys: tf.Tensor, time_major: bool = False) -> tf.Tensor:
+    """``dense``'s pre-activation on [q, k_t, q - k_t, q * k_t] for query [B, D] and keys [B, T, D]
+    (or [T, B, D] with ``time_major``; the output has the keys' layout).
 
     With the kernel split by rows into W_q, W_k, W_d, W_p this is
     q (W_q + W_d) + k_t (W_k - W_d) + (q * k_t) W_p + b: the query's share is computed once per sample
@@ -58,11 +59,12 @@ def split_first_layer(dense: keras.layers.Dense, query: tf.Tensor, keys: tf.Tens
     per_sample = tf.matmul(query, w_q + w_d)
     if dense.use_bias:
         per_sample += tf.cast(dense.bias, dtype)
-    steps, width = keys.shape[1], keys.shape[2]
-    pairs = tf.concat([keys, query[:, None, :] * keys], axis=-1)
+    width = keys.shape[2]
+    broadcast = (lambda x: x[None, :, :]) if time_major else (lambda x: x[:, None, :])
+    pairs = tf.concat([keys, broadcast(query) * keys], axis=-1)
     per_position = tf.matmul(tf.reshape(pairs, [-1, 2 * width]), tf.concat([w_k - w_d, w_p], axis=0))
-    per_position = tf.reshape(per_position, [-1, steps if steps is not None else tf.shape(keys)[1], dense.units])
-    return per_position + per_sample[:, None, :]
+    shape = tf.concat([tf.shape(keys)[:2], [dense.units]], axis=0)
+    return tf.reshape(per_position, shape) + broadcast(per_sample)
 
 
 @keras.saving.register_keras_serializable(package="sim_tf")

@@ -49,10 +49,11 @@ class _GatedRecurrence(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(3 * self.units,), initializer="zeros")
         self.built = True
 
-    def _run(self, inputs, mask, attention):
+    def _run(self, inputs, mask, attention, time_major_input=False, keep_states=True):
+        """(states [T, B, H] time-major, or None unless ``keep_states``; final state [B, H])."""
         dtype = self.compute_dtype
         inputs = tf.cast(inputs, dtype)
-        steps, width = inputs.shape[1], inputs.shape[2]
+        steps, width = inputs.shape[0 if time_major_input else 1], inputs.shape[2]
         if steps is None:
             raise ValueError("the sequence length must be static (it is fixed by the FeatureSpec)")
         units = self.units
@@ -64,8 +65,8 @@ class _GatedRecurrence(keras.layers.Layer):
         w_u, w_r, w_h = tf.split(tf.cast(self.input_kernel, dtype), 3, axis=1)
         u_u, u_r, u_h = tf.split(tf.cast(self.recurrent_kernel, dtype), 3, axis=1)
         b_u, b_r, b_h = tf.split(tf.cast(self.bias, dtype), 3)
-        batch = tf.shape(inputs)[0]
-        flat = tf.reshape(tf.transpose(inputs, [1, 0, 2]), [-1, width])
+        batch = tf.shape(inputs)[1 if time_major_input else 0]
+        flat = tf.reshape(inputs if time_major_input else tf.transpose(inputs, [1, 0, 2]), [-1, width])
 
         def by_step(kernel, bias):
             return tf.unstack(tf.reshape(tf.matmul(flat, kernel) + bias, [steps, batch, units]))
@@ -91,7 +92,7 @@ class _GatedRecurrence(keras.layers.Layer):
                 candidate = tf.tanh(x_h[t] + reset * tf.matmul(state, u_h))
                 state = state + gates[t] * update * (candidate - state)
             states.append(state)
-        return tf.stack(states, axis=1), state
+        return (tf.stack(states) if keep_states else None), state
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
@@ -99,10 +100,14 @@ class _GatedRecurrence(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="sim_tf")
 class MaskedGRU(_GatedRecurrence):
-    """GRU over inputs [B, T, D] with mask [B, T]; returns (all states [B, T, H], final state [B, H])."""
+    """GRU over inputs [B, T, D] with mask [B, T]; returns (all states [B, T, H], final state [B, H]).
 
-    def call(self, inputs, mask):
-        return self._run(inputs, mask, None)
+    ``time_major_input`` / ``time_major_output`` switch the inputs / states to [T, B, ...].
+    """
+
+    def call(self, inputs, mask, time_major_input=False, time_major_output=False):
+        states, final = self._run(inputs, mask, None, time_major_input)
+        return (states if time_major_output else tf.transpose(states, [1, 0, 2])), final
 
 
 @keras.saving.register_keras_serializable(package="sim_tf")
@@ -111,10 +116,11 @@ class AUGRU(_GatedRecurrence):
 
     ``call(inputs [B, T, D], mask [B, T], attention [B, T])`` returns the final state [B, H]. With
     attention 0 a step leaves the state unchanged; with attention 1 it is a plain GRU step.
+    ``time_major_input`` takes inputs as [T, B, D].
     """
 
-    def call(self, inputs, mask, attention):
-        return self._run(inputs, mask, attention)[1]
+    def call(self, inputs, mask, attention, time_major_input=False):
+        return self._run(inputs, mask, attention, time_major_input, keep_states=False)[1]
 
 
 @keras.saving.register_keras_serializable(package="sim_tf")
@@ -149,14 +155,15 @@ class DienAttention(keras.layers.Layer):
         self.out.build((None, None, width))
         self.built = True
 
-    def call(self, query, states, mask):
+    def call(self, query, states, mask, time_major=False):
+        """Weights [B, T]; ``states`` is [B, T, H], or [T, B, H] with ``time_major``."""
         q = self.query_prelu(self.query_dense(query))
         first = self.dense[0]
-        x = first.activation(split_first_layer(first, q, tf.cast(states, q.dtype)))
+        x = first.activation(split_first_layer(first, q, tf.cast(states, q.dtype), time_major))
         for dense in self.dense[1:]:
             x = dense(x)
         scores = tf.squeeze(self.out(x), axis=-1)
-        return masked_softmax(scores, mask)
+        return masked_softmax(tf.transpose(scores) if time_major else scores, mask)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "hidden_units": list(self.hidden_units)}

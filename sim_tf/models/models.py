@@ -135,21 +135,23 @@ class _DienBlock:
 
     def _dien(self, query, features, training):
         """(final interest state, auxiliary outputs); the auxiliary network runs only when training."""
-        short = self.embed_items(features[data.SHORT_HISTORY])
+        short = tf.transpose(self.embed_items(features[data.SHORT_HISTORY]), [1, 0, 2])  # [T, B, D]
         mask = tf.cast(features[data.SHORT_MASK], short.dtype)
-        states, _ = self.gru(short, mask)
-        attention = self.dien_attention(query, states, mask)
-        final = self.augru(states, mask, attention)
+        # Time-major [T, B, H] between the layers: the AUGRU runs step by step and the attention is
+        # per position, so no [B, T, H] transposes are needed.
+        states, _ = self.gru(short, mask, time_major_input=True, time_major_output=True)
+        attention = self.dien_attention(query, states, mask, time_major=True)
+        final = self.augru(states, mask, attention, time_major_input=True)
         if not training:
             return final, {}
         short_neg = self.embed_items(features[data.SHORT_NEG_HISTORY])
-        # Interest state t predicts behaviour t + 1. tf.split, not x[:, 1:]: a strided slice's gradient is
+        # Interest state t predicts behaviour t + 1. tf.split, not x[1:]: a strided slice's gradient is
         # a zero-filled copy of the whole tensor, which cost ~20 ms per slice here.
-        steps = short.shape[1]
-        earlier, _ = tf.split(states, [steps - 1, 1], axis=1)
-        _, clicked = tf.split(short, [1, steps - 1], axis=1)
-        _, unclicked = tf.split(short_neg, [1, steps - 1], axis=1)
-        click_logits, noclick_logits = self.aux_net.pair(earlier, clicked, unclicked)
+        steps = short.shape[0]
+        earlier, _ = tf.split(states, [steps - 1, 1], axis=0)
+        _, clicked = tf.split(short, [1, steps - 1], axis=0)
+        _, unclicked = tf.split(tf.transpose(short_neg, [1, 0, 2]), [1, steps - 1], axis=0)
+        click_logits, noclick_logits = (tf.transpose(x) for x in self.aux_net.pair(earlier, clicked, unclicked))
         aux = {
             "aux_click_logits": click_logits,
             "aux_noclick_logits": noclick_logits,

@@ -216,3 +216,21 @@ def test_auxiliary_network_pair_equals_the_mlp_on_each_concatenation():
     np.testing.assert_allclose(click.numpy(), by_hand(clicked), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(noclick.numpy(), by_hand(unclicked), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(aux(states, clicked).numpy(), by_hand(clicked), rtol=1e-5, atol=1e-6)
+
+
+def test_time_major_paths_equal_the_batch_major_ones():
+    gru, _ = _gru_pair(units=4, width=3)
+    x = tf.random.normal([5, 6, 3], seed=11)
+    mask = tf.cast(tf.random.uniform([5, 6], seed=12) > 0.3, tf.float32)
+    attention = tf.random.uniform([5, 6], seed=13)
+    states, final = gru(x, mask)
+    states_tm, final_tm = gru(tf.transpose(x, [1, 0, 2]), mask, time_major_input=True, time_major_output=True)
+    np.testing.assert_allclose(tf.transpose(states_tm, [1, 0, 2]).numpy(), states.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(final_tm.numpy(), final.numpy(), rtol=1e-6, atol=1e-6)
+    _, augru = _gru_pair(units=3, width=4)
+    np.testing.assert_allclose(augru(states_tm, mask, attention, time_major_input=True).numpy(),
+                               augru(states, mask, attention).numpy(), rtol=1e-6, atol=1e-6)
+    layer = dien.DienAttention(4)
+    query = tf.random.normal([5, 7], seed=14)
+    np.testing.assert_allclose(layer(query, states_tm, mask, time_major=True).numpy(),
+                               layer(query, states, mask).numpy(), rtol=1e-5, atol=1e-6)
