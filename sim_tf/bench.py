@@ -71,6 +71,7 @@ def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: 
 
     preset = synthetic.PRESETS[case.preset]
     command = "inference" if case.mode == "inference" else "train"
+    dataset_dir, results_dir = os.path.abspath(dataset_dir), os.path.abspath(results_dir)
     args = [
         command,
         f"--dataset_dir={dataset_dir}",
@@ -116,12 +117,14 @@ def run_once(args: list[str], results_dir: str, timeout_s: float, sim_tf_path: s
     env = dict(os.environ)
     if sim_tf_path:
         env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(sim_tf_path)] + [p for p in [env.get("PYTHONPATH")] if p])
+    results_dir = os.path.abspath(results_dir)
     shutil.rmtree(results_dir, ignore_errors=True)
     os.makedirs(results_dir)
     started = time.perf_counter()
     with open(os.path.join(results_dir, "output.txt"), "w") as out:
+        # cwd: `python -m` puts the working directory first on sys.path, which would shadow sim_tf_path.
         process = subprocess.Popen([sys.executable, "-m", "sim_tf", *args], stdout=out, stderr=subprocess.STDOUT,
-                                   env=env)
+                                   env=env, cwd=results_dir)
         deadline = started + timeout_s
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -136,6 +139,8 @@ def run_once(args: list[str], results_dir: str, timeout_s: float, sim_tf_path: s
     wall = time.perf_counter() - started
     result = {"wall_seconds": wall, "peak_rss_bytes": usage.ru_maxrss * 1024, "exit_code": process.returncode}
     summary = _summary(results_dir)
+    if summary and summary.get("peak_rss_bytes"):
+        result["peak_rss_bytes"] = summary["peak_rss_bytes"]  # the run's own high-water mark (VmHWM)
     if process.returncode != 0 or summary is None:
         with open(os.path.join(results_dir, "output.txt")) as f:
             lines = [line.rstrip() for line in f if line.strip()]
@@ -207,17 +212,21 @@ def format_table(results: list[dict]) -> str:
 
 
 def ensure_dataset(preset: str, data_dir: str, echo: Callable[[str], None] = print) -> str:
-    """The folder of ``preset``'s synthetic dataset (seed 0), written on first use."""
+    """The folder of ``preset``'s synthetic dataset (seed 0), written on first use by `sim-tf synthesize`
+    in a process of its own: this process stays small, so it cannot inflate a run's measured peak memory
+    (a child's ru_maxrss starts from its parent's when it is spawned)."""
     from sim_tf.data import synthetic
-    from sim_tf.data.atomic import atomic_directory
 
     if preset not in synthetic.PRESETS:
         raise UserError(f"--presets: unknown preset {preset!r}; choose from {list(synthetic.PRESETS)}")
     folder = os.path.join(data_dir, f"{preset}-seed0")
     if not os.path.exists(os.path.join(folder, "feature_spec.yaml")):
         echo(f"writing the {preset!r} synthetic dataset to {folder} (once)")
-        with atomic_directory(folder, overwrite=True) as staging:
-            synthetic.synthesize(synthetic.PRESETS[preset], staging)
+        args = [sys.executable, "-m", "sim_tf", "synthesize", f"--preset={preset}", f"--output={folder}", "--overwrite"]
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode != 0:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            raise UserError(f"could not write the {preset!r} dataset to {folder}: {lines[-1] if lines else 'no output'}")
     return folder
 
 

@@ -29,6 +29,7 @@ COMMANDS = {
     "inspect": ("sim_tf.commands.inspect", {}, "validate a dataset and print its shape, counts and a sample batch"),
     "benchmark": ("sim_tf.commands.benchmark", {}, "train/inference throughput, latency, peak memory (and AUC) per model, preset and precision"),
     "benchmark-input": ("sim_tf.commands.benchmark_input", {}, "measure the input pipeline's samples/s"),
+    "profile": ("sim_tf.commands.profile", {}, "top TensorFlow ops of a --profile_steps trace, without the profile plugin"),
 }
 
 

@@ -27,6 +27,7 @@ def test_trainer_args_follow_the_mode_and_config():
     assert train[0] == "train" and "--benchmark" in train and "--benchmark_steps=7" in train
     assert "--amp" in train and "--xla" in train and "--optimizer=lazy_adam" in train
     assert "--long_seq_length=90" in train and train[-1] == "--steps_per_loop=4"
+    assert f"--dataset_dir={os.path.abspath('/d')}" in train
     infer = bench.trainer_args(bench.Case("dien", "tiny", "inference", "fp32"), settings, "/d", "/r")
     assert infer[0] == "inference" and "--random_init" in infer and "--long_seq_length=15" in infer
     assert not any(a.startswith("--optimizer") for a in infer) and "--amp" not in infer
@@ -84,3 +85,15 @@ def test_benchmark_command_end_to_end_on_tiny(tmp_path):
     assert bad.returncode == 1
     assert "1 case(s) had failed runs: din-tiny-train-fp32" in bad.stderr
     assert "--lr must be > 0" in bad.stdout
+
+
+def test_sim_tf_path_runs_another_checkout(tmp_path):
+    # A fake checkout whose `sim-tf` only prints where it was imported from: the run must use it even
+    # though the benchmark's working directory holds this checkout.
+    fake = tmp_path / "other" / "sim_tf"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import sim_tf, sys; print('imported', sim_tf.__file__); sys.exit(3)\n")
+    result = bench.run_once(["train"], str(tmp_path / "run"), 60, sim_tf_path=str(tmp_path / "other"))
+    assert result["exit_code"] == 3
+    assert str(fake / "__init__.py") in (tmp_path / "run" / "output.txt").read_text()

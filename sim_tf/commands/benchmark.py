@@ -16,7 +16,7 @@ from absl import flags
 from sim_tf import bench
 from sim_tf.data.atomic import atomic_write_text
 from sim_tf.errors import UserError
-from sim_tf.models.models import MODEL_TYPES
+from sim_tf.models import MODEL_TYPES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(MODEL_TYPES), f"Models to measure, from {list(MODEL_TYPES)}.")

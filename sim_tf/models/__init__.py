@@ -1,0 +1,3 @@
+"""DIN, DIEN and SIM (sim_tf.models.models) and their losses."""
+
+MODEL_TYPES = ("sim", "dien", "din")  # here, so that listing them does not import TensorFlow

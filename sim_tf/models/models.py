@@ -27,8 +27,8 @@ from sim_tf.data import dataset as data
 from sim_tf.data import feature_spec as fs
 from sim_tf.layers.core import ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, masked_mean
 from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
+from sim_tf.models import MODEL_TYPES
 
-MODEL_TYPES = ("sim", "dien", "din")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from typing import Callable
@@ -87,6 +88,24 @@ def _percentiles(latencies_s: list[float]) -> dict[str, float]:
         "latency_p95_ms": float(np.percentile(ms, 95)),
         "latency_p99_ms": float(np.percentile(ms, 99)),
     }
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory since it started (Linux VmHWM; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    except (ImportError, OSError):
+        return None
 
 
 def threading_is_main() -> bool:
@@ -700,7 +719,8 @@ class Trainer:
             if self._profiling:
                 tf.profiler.experimental.stop()
                 self._profiling = False
-        summary = {"mode": c.mode, "model_type": c.model_type, "benchmark": c.benchmark, **summary}
+        summary = {"mode": c.mode, "model_type": c.model_type, "benchmark": c.benchmark, **summary,
+                   "peak_rss_bytes": peak_rss_bytes()}
         if c.mode == "train":
             summary["weights_digest"] = self.weights_digest()
             if self.cluster.num_workers > 1:

@@ -209,7 +209,7 @@ def test_auxiliary_network_pair_equals_the_mlp_on_each_concatenation():
     def by_hand(items):
         x = tf.concat([states, items], axis=-1)
         for dense in aux.dense:
-            x = dense(x)
+            x = tf.sigmoid(dense(x))  # the paper's sigmoid hidden layers
         return tf.squeeze(aux.out(x), axis=-1).numpy()
 
     click, noclick = aux.pair(states, clicked, unclicked)
@@ -234,3 +234,25 @@ def test_time_major_paths_equal_the_batch_major_ones():
     query = tf.random.normal([5, 7], seed=14)
     np.testing.assert_allclose(layer(query, states_tm, mask, time_major=True).numpy(),
                                layer(query, states, mask).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_dien_attention_equals_the_sigmoid_mlp_on_the_concatenation():
+    layer = dien.DienAttention(4, hidden_units=(6, 3))
+    query, states = tf.random.normal([2, 5], seed=15), tf.random.normal([2, 3, 4], seed=16)
+    mask = tf.constant([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    got = layer(query, states, mask).numpy()
+    q = layer.query_prelu(layer.query_dense(query))
+    q = tf.broadcast_to(q[:, None, :], states.shape)
+    x = tf.concat([q, states, q - states, q * states], axis=-1)
+    for dense in layer.dense:
+        x = tf.sigmoid(dense(x))
+    want = core.masked_softmax(tf.squeeze(layer.out(x), -1), mask).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sigmoid_keeps_the_dtype_and_matches_float32():
+    x = tf.constant([-3.0, 0.0, 2.5])
+    np.testing.assert_allclose(core.sigmoid(x).numpy(), tf.sigmoid(x).numpy())
+    low = core.sigmoid(tf.cast(x, tf.bfloat16))
+    assert low.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(low, tf.float32).numpy(), tf.sigmoid(x).numpy(), atol=1e-2)

@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sim_tf import profile_summary
+from sim_tf.errors import UserError
+
 
 def base_flags(dataset, results, **overrides):
     flags = {
@@ -186,6 +189,12 @@ def test_inference_with_random_weights_and_profile(tiny_dataset, tmp_path):
     run(["train", *base_flags(tiny_dataset, profiled, model_type="din", profile_steps="2,4")])
     traces = [f for _, _, files in os.walk(profiled / "tensorboard" / "plugins" / "profile") for f in files]
     assert any(f.endswith(".xplane.pb") for f in traces), traces
+    # `sim-tf profile` reads the trace's op times without the profile plugin.
+    times = profile_summary.op_times(profile_summary.find_trace(str(profiled / "tensorboard")))
+    assert times.total_ms > 0 and any("MatMul" in kind for kind in times.by_type)
+    assert "top 5 op types:" in profile_summary.format_top(times, 5)
+    with pytest.raises(UserError, match="no profiler trace"):
+        profile_summary.find_trace(str(tmp_path / "nothing"))
 
 
 @pytest.mark.parametrize(
