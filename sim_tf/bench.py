@@ -192,9 +192,8 @@ def format_table(results: list[dict]) -> str:
             rows.append([case["model"], case["preset"], case["mode"], case["config"],
                          f"FAILED: {agg.get('error', '?')}"[:60], "", "", "", "", f"{agg['runs']}"])
             continue
-        latency = ""
-        if "latency_p50_ms" in agg:
-            latency = f"{agg['latency_p50_ms']:.0f} / {agg['latency_p90_ms']:.0f} / {agg['latency_p99_ms']:.0f}"
+        latency = " / ".join(f"{agg[k]:.0f}" if k in agg else "-"
+                             for k in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms"))
         auc = f"{agg['test_auc']:.4f}" if "test_auc" in agg else ""
         if "test_auc_min" in agg and agg["test_auc_max"] > agg["test_auc_min"]:
             auc += f" ({agg['test_auc_min']:.4f}-{agg['test_auc_max']:.4f})"

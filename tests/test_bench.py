@@ -97,3 +97,15 @@ def test_sim_tf_path_runs_another_checkout(tmp_path):
     result = bench.run_once(["train"], str(tmp_path / "run"), 60, sim_tf_path=str(tmp_path / "other"))
     assert result["exit_code"] == 3
     assert str(fake / "__init__.py") in (tmp_path / "run" / "output.txt").read_text()
+
+
+def test_step_time_reports_forward_backward_and_step(tiny_dataset):
+    result = subprocess.run(
+        [sys.executable, "-m", "sim_tf.step_time", f"--dataset_dir={tiny_dataset.base_directory}",
+         "--model_type=dien", "--global_batch_size=64", "--long_seq_length=15", "--repeats=2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    times = json.loads(result.stdout.strip().splitlines()[-1])
+    assert times["model"] == "dien"
+    assert 0 < times["forward_ms"] and 0 < times["forward_backward_ms"] and 0 < times["train_step_ms"]

@@ -256,3 +256,12 @@ def test_sigmoid_keeps_the_dtype_and_matches_float32():
     low = core.sigmoid(tf.cast(x, tf.bfloat16))
     assert low.dtype == tf.bfloat16
     np.testing.assert_allclose(tf.cast(low, tf.float32).numpy(), tf.sigmoid(x).numpy(), atol=1e-2)
+
+
+def test_embedding_table_is_never_cast_whole_under_mixed_precision():
+    table = core.EmbeddingTable(1000, 4, dtype="mixed_bfloat16")
+    table.build()
+    graph = tf.function(lambda ids: table(ids)).get_concrete_function(tf.TensorSpec([None], tf.int32)).graph
+    casts = [op for op in graph.get_operations() if op.type == "Cast"]
+    assert casts, "the gathered rows are cast to bfloat16"
+    assert all(op.outputs[0].shape.as_list()[0] != 1000 for op in casts), [op.outputs[0].shape for op in casts]
