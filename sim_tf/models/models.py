@@ -89,11 +89,16 @@ class CtrModel(keras.Model):
             table.build()
 
     def embed_user(self, features) -> tf.Tensor:
-        return tf.concat([t(ids) for t, ids in zip(self.user_tables, features[data.USER])], axis=-1)
+        return tf.concat([t.lookup(ids) for t, ids in zip(self.user_tables, features[data.USER])], axis=-1)
 
-    def embed_items(self, ids: Sequence[tf.Tensor]) -> tf.Tensor:
+    def item_sources(self) -> list:
+        """Each item table's lookup source for this step (see EmbeddingTable.source), shared by its lookups."""
+        return [t.source() for t in self.item_tables]
+
+    def embed_items(self, ids: Sequence[tf.Tensor], sources: Sequence | None = None) -> tf.Tensor:
         """Item-feature ids (one tensor per position, any shape) -> concatenated embeddings [..., n * E]."""
-        return tf.concat([t(x) for t, x in zip(self.item_tables, ids)], axis=-1)
+        sources = sources if sources is not None else [None] * len(self.item_tables)
+        return tf.concat([t.lookup(x, s) for t, x, s in zip(self.item_tables, ids, sources)], axis=-1)
 
     def get_config(self):
         return {
@@ -133,9 +138,9 @@ class _DienBlock:
         self.augru.build((None, None, units))
         self.aux_net.build((None, None, units), (None, None, self.item_width))
 
-    def _dien(self, query, features, training):
+    def _dien(self, query, features, training, sources):
         """(final interest state, auxiliary outputs); the auxiliary network runs only when training."""
-        short = tf.transpose(self.embed_items(features[data.SHORT_HISTORY]), [1, 0, 2])  # [T, B, D]
+        short = tf.transpose(self.embed_items(features[data.SHORT_HISTORY], sources), [1, 0, 2])  # [T, B, D]
         mask = tf.cast(features[data.SHORT_MASK], short.dtype)
         # Time-major [T, B, H] between the layers: the AUGRU runs step by step and the attention is
         # per position, so no [B, T, H] transposes are needed.
@@ -144,7 +149,7 @@ class _DienBlock:
         final = self.augru(states, mask, attention, time_major_input=True)
         if not training:
             return final, {}
-        short_neg = self.embed_items(features[data.SHORT_NEG_HISTORY])
+        short_neg = self.embed_items(features[data.SHORT_NEG_HISTORY], sources)
         # Interest state t predicts behaviour t + 1. tf.split, not x[1:]: a strided slice's gradient is
         # a zero-filled copy of the whole tensor, which cost ~20 ms per slice here.
         steps = short.shape[0]
@@ -177,9 +182,11 @@ class DIN(CtrModel):
         self.built = True
 
     def call(self, features, training=False):
-        query = self.embed_items(features[data.TARGET])
+        sources = self.item_sources()
+        query = self.embed_items(features[data.TARGET], sources)
         history = self.embed_items(
-            [tf.concat([a, b], axis=1) for a, b in zip(features[data.LONG_HISTORY], features[data.SHORT_HISTORY])]
+            [tf.concat([a, b], axis=1) for a, b in zip(features[data.LONG_HISTORY], features[data.SHORT_HISTORY])],
+            sources,
         )
         mask = tf.concat([features[data.LONG_MASK], features[data.SHORT_MASK]], axis=1)
         pooled, _ = self.attention(query, history, mask)
@@ -205,8 +212,9 @@ class DIEN(_DienBlock, CtrModel):
         self.built = True
 
     def call(self, features, training=False):
-        query = self.embed_items(features[data.TARGET])
-        final, aux = self._dien(query, features, training)
+        sources = self.item_sources()
+        query = self.embed_items(features[data.TARGET], sources)
+        final, aux = self._dien(query, features, training, sources)
         user = self.embed_user(features)
         logit = self.head(tf.concat([query, final, user], axis=-1), training=training)
         return self._with_prediction({"logit": logit, **aux})
@@ -242,9 +250,10 @@ class SIM(_DienBlock, CtrModel):
         self.built = True
 
     def call(self, features, training=False):
-        query = self.embed_items(features[data.TARGET])
+        sources = self.item_sources()
+        query = self.embed_items(features[data.TARGET], sources)
         user = self.embed_user(features)
-        long_history = self.embed_items(features[data.LONG_HISTORY])
+        long_history = self.embed_items(features[data.LONG_HISTORY], sources)
         long_mask = tf.cast(features[data.LONG_MASK], long_history.dtype)
         stage_one = {}
         if training:
@@ -260,7 +269,7 @@ class SIM(_DienBlock, CtrModel):
         attended, _ = self.esu_attention(query, top_items, top_mask)
         mean = masked_mean(top_items, top_mask)
 
-        final, aux = self._dien(query, features, training)
+        final, aux = self._dien(query, features, training, sources)
         logit = self.head(tf.concat([attended, mean, query, final, user], axis=-1), training=training)
         return self._with_prediction({"logit": logit, **stage_one, **aux})
 

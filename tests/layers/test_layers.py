@@ -258,10 +258,22 @@ def test_sigmoid_keeps_the_dtype_and_matches_float32():
     np.testing.assert_allclose(tf.cast(low, tf.float32).numpy(), tf.sigmoid(x).numpy(), atol=1e-2)
 
 
-def test_embedding_table_is_never_cast_whole_under_mixed_precision():
+def test_large_embedding_tables_are_never_cast_whole_under_mixed_precision(monkeypatch):
+    monkeypatch.setattr(core.EmbeddingTable, "whole_cast_max_rows", 999)
     table = core.EmbeddingTable(1000, 4, dtype="mixed_bfloat16")
     table.build()
     graph = tf.function(lambda ids: table(ids)).get_concrete_function(tf.TensorSpec([None], tf.int32)).graph
     casts = [op for op in graph.get_operations() if op.type == "Cast"]
     assert casts, "the gathered rows are cast to bfloat16"
     assert all(op.outputs[0].shape.as_list()[0] != 1000 for op in casts), [op.outputs[0].shape for op in casts]
+    # A small table is cast once and shared: same rows, and the gradient stays sparse in float32.
+    monkeypatch.setattr(core.EmbeddingTable, "whole_cast_max_rows", 1000)
+    ids = tf.constant([[3, 7], [7, 0]])
+    with tf.GradientTape() as tape:
+        source = table.source()
+        rows = table.lookup(ids, source)
+        loss = tf.reduce_sum(tf.cast(rows, tf.float32))
+    assert source.dtype == tf.bfloat16 and source.shape == (1000, 4)
+    np.testing.assert_array_equal(rows.numpy(), tf.cast(tf.gather(table.table, ids), tf.bfloat16).numpy())
+    grad = tape.gradient(loss, table.table)
+    assert isinstance(grad, tf.IndexedSlices) and grad.values.dtype == tf.float32
