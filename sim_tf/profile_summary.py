@@ -53,7 +53,8 @@ def op_times(trace: str) -> OpTimes:
                 name = names.get(event.metadata_id, "")
                 op, sep, kind = name.rpartition(":")
                 # TF ops only: "scope/op:Type"; skips executor and function-call frames, which nest ops.
-                if not sep or not op or not kind or " " in kind or name.startswith("__inference"):
+                # ("ExecutorState::Process"-style C++ frames also contain a colon.)
+                if not sep or not op or not kind or " " in kind or "::" in name or name.startswith("__inference"):
                     continue
                 ms = event.duration_ps / 1e9
                 by_type[kind] += ms
