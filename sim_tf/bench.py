@@ -10,7 +10,6 @@ and the spread (min, max) of its runs, with every run kept in the JSON.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import statistics
@@ -20,6 +19,7 @@ import time
 from typing import Callable, Sequence
 
 from sim_tf.errors import UserError
+from sim_tf.train.run_log import read_log
 
 MODES = ("train", "inference", "auc")
 # Named precision/compilation settings -> trainer flags.
@@ -97,16 +97,8 @@ def _summary(results_dir: str) -> dict | None:
     path = os.path.join(results_dir, "log.json")
     if not os.path.exists(path):
         return None
-    summary = None
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("type") == "summary":
-                summary = record
-    return summary
+    summaries = [r for r in read_log(path, skip_bad_lines=True) if r.get("type") == "summary"]
+    return summaries[-1] if summaries else None
 
 
 def run_once(args: list[str], results_dir: str, timeout_s: float, sim_tf_path: str | None = None) -> dict:

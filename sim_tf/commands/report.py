@@ -5,30 +5,16 @@ Reads RESULTS_DIR/log.json (the trainer's JSON-lines log); needs matplotlib (`pi
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import flags
 
 from sim_tf.errors import UserError
+from sim_tf.train.run_log import read_log
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("log_filename", "log.json", "Name of the JSON-lines log in RESULTS_DIR.")
 flags.DEFINE_string("output", "", "PNG to write (default: RESULTS_DIR/report.png).")
-
-
-def read_log(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        raise UserError(f"{path!r} does not exist: pass the --results_dir of a training run")
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise UserError(f"{path}, line {number}: not a JSON record") from None
-    return records
 
 
 def plot(records: list[dict], output: str) -> str:
