@@ -3,7 +3,7 @@
 A *case* is (model, preset, mode, config). Each case runs ``repeats`` times, each time in a fresh process
 (so compilation caches, allocator state and peak memory are per run), through the same commands a user
 runs: ``sim-tf train --benchmark``, ``sim-tf inference --benchmark --random_init``, or, for mode ``auc``,
-one real epoch of ``sim-tf train`` followed by its test evaluation. The result of a case is the median
+one real epoch of ``sim-tf train`` followed by its test evaluation (repeat r with ``--seed=r``). The result of a case is the median
 and the spread (min, max) of its runs, with every run kept in the JSON.
 """
 
@@ -65,8 +65,13 @@ def cases(models: Sequence[str], presets: Sequence[str], modes: Sequence[str], c
     return [Case(m, p, mode, c) for p in presets for m in models for mode in modes for c in configs]
 
 
-def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: str) -> list[str]:
-    """The `sim-tf` command line (after the program name) that runs one repeat of ``case``."""
+def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: str, repeat: int = 0) -> list[str]:
+    """The `sim-tf` command line (after the program name) that runs repeat number ``repeat`` of ``case``.
+
+    An ``auc`` run is deterministic for a given seed, so its repeats differ in seed (repeat r trains with
+    ``--seed=r``: another initialisation and shuffle of the same data); their AUC range is the
+    seed-to-seed spread that a difference between two configurations has to exceed to mean anything.
+    """
     from sim_tf.data import synthetic
 
     preset = synthetic.PRESETS[case.preset]
@@ -82,7 +87,7 @@ def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: 
         *CONFIGS[case.config],
     ]
     if case.mode == "auc":
-        args += ["--epochs=1", "--seed=0"]
+        args += ["--epochs=1", f"--seed={repeat}"]
     else:
         args += ["--benchmark", f"--benchmark_warmup_steps={settings.warmup_steps}",
                  f"--benchmark_steps={settings.steps}"]
@@ -237,19 +242,22 @@ def machine() -> dict:
 
 def run_suite(all_cases: list[Case], settings: Settings, data_dir: str, work_dir: str,
               echo: Callable[[str], None] = print) -> list[dict]:
+    """Runs every case ``settings.repeats`` times, round-robin: the first run of every case, then the
+    second of every case, and so on. This machine's speed drifts by 5-20% over minutes; round-robin spreads
+    that drift over all cases instead of handing a slow stretch to one of them, so comparisons between
+    cases (before/after, small/amazon, fp32/amp) hold up better than their absolute numbers."""
     datasets = {p: ensure_dataset(p, data_dir, echo) for p in dict.fromkeys(c.preset for c in all_cases)}
-    results = []
-    for number, case in enumerate(all_cases, 1):
-        runs = []
-        for repeat in range(settings.repeats):
+    runs: list[list[dict]] = [[] for _ in all_cases]
+    for repeat in range(settings.repeats):
+        for number, case in enumerate(all_cases, 1):
             results_dir = os.path.join(work_dir, case.name, f"run{repeat}")
-            args = trainer_args(case, settings, datasets[case.preset], results_dir)
+            args = trainer_args(case, settings, datasets[case.preset], results_dir, repeat)
             run = run_once(args, results_dir, settings.timeout_s, settings.sim_tf_path)
             run["command"] = "sim-tf " + " ".join(args)
-            runs.append(run)
+            runs[number - 1].append(run)
             shown = run.get("error") or (f"{run['throughput']:,.0f} samples/s" +
                                          (f", test AUC {run['test_auc']:.4f}" if "test_auc" in run else ""))
             echo(f"[{number}/{len(all_cases)}] {case.name} run {repeat + 1}/{settings.repeats}: {shown}, "
                  f"peak RSS {run['peak_rss_bytes'] / 2**30:.2f} GiB")
-        results.append({"case": dataclasses.asdict(case), "result": aggregate(runs), "runs": runs})
-    return results
+    return [{"case": dataclasses.asdict(case), "result": aggregate(case_runs), "runs": case_runs}
+            for case, case_runs in zip(all_cases, runs)]

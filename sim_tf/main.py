@@ -29,7 +29,7 @@ flags.DEFINE_list("stage_two_mlp_dims", ["200", "80"], "MLP hidden dimensions fo
 flags.DEFINE_list("aux_mlp_dims", ["100", "50"], "MLP hidden dimensions for the auxiliary loss.")
 flags.DEFINE_string("dataset_dir", None, "Path to the directory containing feature specification file and dataset splits.")
 flags.DEFINE_string("feature_spec", "feature_spec.yaml", "Name of the feature spec file in the dataset directory.")
-flags.DEFINE_enum("optimizer", "adam", list(OPTIMIZERS), "Optimizer to use: adam (Keras Adam, dense updates, like the recipe), lazy_adam (sparse row updates for embedding tables), sgd, adagrad.")
+flags.DEFINE_enum("optimizer", "adam", list(OPTIMIZERS), "Optimizer to use: adam (dense updates of every row, like the recipe, in one fused kernel), lazy_adam (sparse row updates for embedding tables), sgd, adagrad.")
 flags.DEFINE_float("lr", 0.01, "Learning rate for the optimizer selected.")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay of the optimizer selected (0 disables it).")
 flags.DEFINE_integer("epochs", 3, "Train for the following number of epochs.")

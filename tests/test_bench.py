@@ -32,7 +32,9 @@ def test_trainer_args_follow_the_mode_and_config():
     assert infer[0] == "inference" and "--random_init" in infer and "--long_seq_length=15" in infer
     assert not any(a.startswith("--optimizer") for a in infer) and "--amp" not in infer
     auc = bench.trainer_args(bench.Case("din", "small", "auc", "fp32"), settings, "/d", "/r")
-    assert "--epochs=1" in auc and "--benchmark" not in auc
+    assert "--epochs=1" in auc and "--benchmark" not in auc and "--seed=0" in auc
+    # Repeats of a deterministic AUC run differ in seed, or they would all print the same number.
+    assert "--seed=2" in bench.trainer_args(bench.Case("din", "small", "auc", "fp32"), settings, "/d", "/r", repeat=2)
 
 
 def test_aggregate_reports_median_spread_and_failures():
@@ -77,6 +79,10 @@ def test_benchmark_command_end_to_end_on_tiny(tmp_path):
     assert report["results"][0]["runs"][0]["benchmark_steps"] == 2
     assert report["results"][1]["runs"][0]["measured_batches"] == 2
     assert "samples/s (median)" in result.stdout and "din   | tiny" in result.stdout
+    # Round-robin: the first run of every case, then the second, so drift does not favour one case.
+    order = [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("[")]
+    assert order == ["[1/2] din-tiny-train-fp32 run 1/2", "[2/2] din-tiny-inference-fp32 run 1/2",
+                     "[1/2] din-tiny-train-fp32 run 2/2", "[2/2] din-tiny-inference-fp32 run 2/2"], order
 
     # A run that fails is reported by case, and the command fails with the reason.
     bad = subprocess.run(args[:-3] + [f"--work_dir={tmp_path / 'runs2'}", f"--json_output={tmp_path / 'c.json'}",

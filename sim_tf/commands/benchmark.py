@@ -23,7 +23,8 @@ flags.DEFINE_list("models", list(MODEL_TYPES), f"Models to measure, from {list(M
 flags.DEFINE_list("presets", ["small"], "Synthetic presets to measure on (tiny, small, amazon); each is written once "
                   "to --data_dir.")
 flags.DEFINE_list("modes", ["train", "inference"], "train: --benchmark training steps; inference: --benchmark "
-                  "prediction batches of the test split (random weights); auc: one real epoch + test AUC.")
+                  "prediction batches of the test split (random weights); auc: one real epoch + test AUC (repeat r "
+                  "trains with --seed=r, so the AUC range is the seed-to-seed spread).")
 flags.DEFINE_list("configs", ["fp32", "amp"], f"Precision/compilation settings, from {list(bench.CONFIGS)} "
                   "(amp is bfloat16 on CPU, float16 with loss scaling on GPU).")
 flags.DEFINE_integer("repeats", 3, "Runs per case, each in a fresh process; the table shows their median and range.",
