@@ -27,7 +27,8 @@ flags.DEFINE_list("modes", ["train", "inference"], "train: --benchmark training 
                   "trains with --seed=r, so the AUC range is the seed-to-seed spread).")
 flags.DEFINE_list("configs", ["fp32", "amp"], f"Precision/compilation settings, from {list(bench.CONFIGS)} "
                   "(amp is bfloat16 on CPU, float16 with loss scaling on GPU).")
-flags.DEFINE_integer("repeats", 3, "Runs per case, each in a fresh process; the table shows their median and range.",
+flags.DEFINE_integer("repeats", 3, "Runs per case, each in a fresh process, round-robin over the cases; the table "
+                     "shows their median and range.",
                      lower_bound=1)
 flags.DEFINE_integer("global_batch_size", 4096, "Global batch size of every run.", lower_bound=1)
 flags.DEFINE_integer("warmup_steps", 5, "Untimed steps (train) or batches (inference) per run.", lower_bound=0)

@@ -9,7 +9,8 @@ On a step where every row is touched, it equals Keras's Adam.
 ``adam`` itself is :class:`FusedAdam`: Keras's Adam with the dense update done by TensorFlow's fused
 ``ResourceApplyAdam`` kernel, one multi-threaded pass over the variable instead of Keras's eleven
 elementwise ops (each a pass over the whole table): 37 -> 16 ms per step for a 1.2M x 16 table here.
-Same formula, same variables and checkpoints.
+Same formula, same variables and checkpoints; not bit-identical, as the kernel computes 1 - beta_2 in
+float32 (0.0010000467) where Keras rounds 0.001.
 
 ``weight_decay`` is decoupled (AdamW-style: w -= lr * wd * w); LazyAdam applies it to the touched rows
 of tables and to every dense variable.
