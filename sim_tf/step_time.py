@@ -15,11 +15,13 @@ import time
 
 import numpy as np
 
+from sim_tf.models import MODEL_TYPES
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset_dir", required=True)
-    parser.add_argument("--model_type", default="sim", choices=["sim", "dien", "din"])
+    parser.add_argument("--model_type", default="sim", choices=MODEL_TYPES)
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--global_batch_size", type=int, default=4096)
     parser.add_argument("--long_seq_length", type=int, default=90)
