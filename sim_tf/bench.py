@@ -41,7 +41,20 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.preset}-{self.mode}-{self.config}"
+        return f"{self.model}-{dataset_label(self.preset)}-{self.mode}-{self.config}"
+
+
+def is_folder_preset(preset: str) -> bool:
+    """A --presets entry naming a dataset folder (it holds a path separator) rather than a synthetic preset."""
+    return os.sep in preset or (os.altsep is not None and os.altsep in preset)
+
+
+def dataset_label(preset: str) -> str:
+    """Short name of a preset for tables and run folders: the preset, or a folder's last two path parts."""
+    if not is_folder_preset(preset):
+        return preset
+    parts = [p for p in os.path.normpath(os.path.abspath(preset)).split(os.sep) if p]
+    return "_".join(parts[-2:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +88,14 @@ def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: 
     """
     from sim_tf.data import synthetic
 
-    preset = synthetic.PRESETS[case.preset]
     command = "inference" if case.mode == "inference" else "train"
     dataset_dir, results_dir = os.path.abspath(dataset_dir), os.path.abspath(results_dir)
-    args = [
-        command,
-        f"--dataset_dir={dataset_dir}",
-        f"--model_type={case.model}",
-        f"--long_seq_length={preset.history_length - preset.recent_length}",
+    args = [command, f"--dataset_dir={dataset_dir}", f"--model_type={case.model}"]
+    if not is_folder_preset(case.preset):
+        # A dataset folder's long/short split is the trainer's default (90) unless given after `--`.
+        preset = synthetic.PRESETS[case.preset]
+        args.append(f"--long_seq_length={preset.history_length - preset.recent_length}")
+    args += [
         f"--global_batch_size={settings.global_batch_size}",
         f"--results_dir={results_dir}",
         *CONFIGS[case.config],
@@ -214,8 +227,13 @@ def ensure_dataset(preset: str, data_dir: str, echo: Callable[[str], None] = pri
     (a child's ru_maxrss starts from its parent's when it is spawned)."""
     from sim_tf.data import synthetic
 
+    if is_folder_preset(preset):
+        if not os.path.isfile(os.path.join(preset, "feature_spec.yaml")):
+            raise UserError(f"--presets: {preset!r} is not a dataset folder (no feature_spec.yaml in it)")
+        return preset
     if preset not in synthetic.PRESETS:
-        raise UserError(f"--presets: unknown preset {preset!r}; choose from {list(synthetic.PRESETS)}")
+        raise UserError(f"--presets: unknown preset {preset!r}; choose from {list(synthetic.PRESETS)} or give "
+                        f"the path of a dataset folder (one holding feature_spec.yaml)")
     folder = os.path.join(data_dir, f"{preset}-seed0")
     if not os.path.exists(os.path.join(folder, "feature_spec.yaml")):
         echo(f"writing the {preset!r} synthetic dataset to {folder} (once)")

@@ -54,7 +54,8 @@ flags.DEFINE_integer("benchmark_warmup_steps", 20, "Number of warmup steps to us
 flags.DEFINE_integer("benchmark_steps", 200, "Number of steps to use for performance benchmarking.")
 flags.DEFINE_string("affinity", "socket_unique_interleaved", "Recipe compatibility only (Horovod CPU affinity); ignored.")
 flags.DEFINE_integer("inter_op_parallelism", 0, "Number of inter op threads (0: TensorFlow's default).")
-flags.DEFINE_integer("intra_op_parallelism", 0, "Number of intra op threads (0: TensorFlow's default).")
+flags.DEFINE_integer("intra_op_parallelism", 0, "Number of intra op threads (0: automatic: 1 when training on a CPU-only "
+                     "host of at most 2 cores, where it is faster, else TensorFlow's default of one per core).")
 flags.DEFINE_integer("seed", -1, "Random seed (-1: pick one and record it in config.json).")
 flags.DEFINE_integer("prebatch_train_size", 0, "Samples per training record (0: detect from the data).")
 flags.DEFINE_integer("prebatch_test_size", 0, "Samples per test record (0: detect from the data).")

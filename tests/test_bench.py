@@ -37,6 +37,22 @@ def test_trainer_args_follow_the_mode_and_config():
     assert "--seed=2" in bench.trainer_args(bench.Case("din", "small", "auc", "fp32"), settings, "/d", "/r", repeat=2)
 
 
+def test_a_dataset_folder_can_stand_for_a_preset(tiny_dataset, tmp_path):
+    folder = str(tiny_dataset.base_directory)
+    assert bench.ensure_dataset(folder, str(tmp_path)) == folder
+    case = bench.Case("dien", folder, "auc", "fp32")
+    parts = os.path.normpath(folder).split(os.sep)
+    assert case.name == f"dien-{parts[-2]}_{parts[-1]}-auc-fp32"
+    args = bench.trainer_args(case, bench.Settings(), folder, "/r")
+    # The folder's own split is the trainer's: no preset-derived --long_seq_length.
+    assert f"--dataset_dir={os.path.abspath(folder)}" in args
+    assert not any(a.startswith("--long_seq_length") for a in args)
+    with pytest.raises(UserError, match="is not a dataset folder"):
+        bench.ensure_dataset(str(tmp_path / "nothing-here"), str(tmp_path))
+    with pytest.raises(UserError, match="unknown preset 'huge'.*path of a dataset folder"):
+        bench.ensure_dataset("huge", str(tmp_path))
+
+
 def test_aggregate_reports_median_spread_and_failures():
     runs = [
         {"throughput": 100.0, "latency_p50_ms": 10.0, "latency_p90_ms": 12.0, "latency_p99_ms": 15.0,

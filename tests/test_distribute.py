@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -79,3 +82,30 @@ def test_tf_config_parsing():
 def test_bad_tf_config(value, message):
     with pytest.raises(UserError, match=message):
         distribute.read_tf_config({"TF_CONFIG": value})
+
+
+def test_intra_op_threads_default_to_one_only_on_small_cpu_only_hosts():
+    assert distribute.auto_intra_op_threads(num_gpus=0, cores=1, training=True) == 1
+    assert distribute.auto_intra_op_threads(num_gpus=0, cores=2, training=True) == 1
+    assert distribute.auto_intra_op_threads(num_gpus=0, cores=16, training=True) == 0  # TensorFlow's default
+    assert distribute.auto_intra_op_threads(num_gpus=1, cores=2, training=True) == 0
+    assert distribute.auto_intra_op_threads(num_gpus=0, cores=2, training=False) == 0  # prediction
+    assert 1 <= distribute.usable_cores() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("cores,flag,training,expected", [(2, 0, True, 1), (8, 0, True, 0), (2, 0, False, 0),
+                                                         (2, 3, True, 3)])
+def test_configure_devices_applies_the_thread_choice(cores, flag, training, expected):
+    # A fresh process: TensorFlow's thread pools can only be sized before its runtime starts.
+    code = (
+        "import sys\n"
+        "from sim_tf import distribute\n"
+        f"distribute.usable_cores = lambda: {cores}\n"
+        f"distribute.configure_devices(intra_op_threads={flag}, training={training})\n"
+        "import tensorflow as tf\n"
+        "tf.constant(1.0) + 1.0\n"
+        "print('threads', tf.config.threading.get_intra_op_parallelism_threads())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"threads {expected}" in result.stdout

@@ -3,6 +3,7 @@
   sim-tf benchmark                                       SIM, DIEN, DIN on `small`: train + inference, fp32 + amp
   sim-tf benchmark --models sim --configs fp32,amp+xla --modes train,inference,auc --repeats 5
   sim-tf benchmark --presets small,amazon --modes train -- --optimizer=lazy_adam   (flags after -- go to every run)
+  sim-tf benchmark --presets sim_tf_demo/data/amazon-raw-seed0/tfrecord --modes auc   (a dataset folder)
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from sim_tf.models import MODEL_TYPES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(MODEL_TYPES), f"Models to measure, from {list(MODEL_TYPES)}.")
-flags.DEFINE_list("presets", ["small"], "Synthetic presets to measure on (tiny, small, amazon); each is written once "
-                  "to --data_dir.")
+flags.DEFINE_list("presets", ["small"], "Synthetic presets to measure on (tiny, small, amazon; each is written once "
+                  "to --data_dir), or paths of dataset folders holding a feature_spec.yaml (a path has a '/'), "
+                  "e.g. the demo's sim_tf_demo/data/amazon-raw-seed0/tfrecord, where one epoch trains to "
+                  "convergence.")
 flags.DEFINE_list("modes", ["train", "inference"], "train: --benchmark training steps; inference: --benchmark "
                   "prediction batches of the test split (random weights); auc: one real epoch + test AUC (repeat r "
                   "trains with --seed=r, so the AUC range is the seed-to-seed spread).")
