@@ -158,6 +158,29 @@ def test_gru_padded_steps_leave_state_unchanged():
     )
 
 
+def test_mixed_precision_gru_runs_matmuls_in_bfloat16_and_keeps_the_float32_result_closely():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=[6, 9, 3]).astype("float32")
+    mask = (rng.random([6, 9]) > 0.3).astype("float32")
+    exact = dien.MaskedGRU(8)
+    mixed = dien.MaskedGRU(8, dtype="mixed_bfloat16")
+    exact.build((None, None, 3))
+    mixed.build((None, None, 3))
+    for target, source in zip(mixed.weights, exact.weights):
+        target.assign(source)
+    assert all(w.dtype == tf.float32 for w in mixed.weights)
+    states, final = mixed(tf.constant(x), tf.constant(mask))
+    assert states.dtype == tf.bfloat16 and final.dtype == tf.bfloat16
+    want_states, want_final = exact(tf.constant(x), tf.constant(mask))
+    # bfloat16 keeps 8 significant bits; the state itself is carried in float32 between steps, so the error
+    # stays at the operands' rounding level instead of compounding over the steps.
+    np.testing.assert_allclose(tf.cast(final, tf.float32).numpy(), want_final.numpy(), atol=0.03)
+    np.testing.assert_allclose(tf.cast(states, tf.float32).numpy(), want_states.numpy(), atol=0.03)
+    matmuls = [op for op in tf.function(lambda v: mixed(v, tf.constant(mask))).get_concrete_function(
+        tf.TensorSpec([6, 9, 3], tf.float32)).graph.get_operations() if op.type == "MatMul"]
+    assert matmuls and all(op.inputs[0].dtype == tf.bfloat16 for op in matmuls)
+
+
 def test_dien_attention_weights_sum_to_one_over_real_steps():
     layer = dien.DienAttention(6)
     w = layer(tf.random.normal([2, 8]), tf.random.normal([2, 4, 6]), tf.constant([[0.0, 1.0, 1.0, 1.0], [0.0] * 4]))
