@@ -118,22 +118,23 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_intra_op_threads(num_gpus: int, cores: int, training: bool) -> int:
-    """Intra-op threads when --intra_op_parallelism is 0: 1 for training on a CPU-only host of at most two
-    cores, else 0 (TensorFlow's default, one per core).
+def auto_intra_op_threads(num_gpus: int, cores: int, training: bool, xla: bool = False) -> int:
+    """Intra-op threads when --intra_op_parallelism is 0: 1 for training without XLA on a CPU-only host of
+    at most two cores, else 0 (TensorFlow's default, one per core).
 
     On the 2-core machines we measure on, a training step's ops are small (a GRU step's matmul is
     [4096, 96] x [96, 96]) and its backward pass has enough independent ops to keep both inter-op threads
-    busy, so one thread per op beats splitting each op over both cores: SIM trained 2-9% faster
+    busy, so one thread per op beats splitting each op over both cores: SIM trained 2-12% faster
     (BUILD_NOTES, Performance work). Prediction has no backward pass to overlap and ran 10-22% slower
-    with one thread per op, so evaluation and inference keep the default; so do larger hosts, which were
-    not measured.
+    with one thread per op, and XLA's compiled clusters parallelise inside themselves (SIM training with
+    `--xla` fell from 8.4k to 4.9k samples/s), so those keep the default; so do larger hosts, which
+    were not measured.
     """
-    return 1 if training and num_gpus == 0 and cores <= 2 else 0
+    return 1 if training and not xla and num_gpus == 0 and cores <= 2 else 0
 
 
 def configure_devices(cpu_replicas: int = 1, inter_op_threads: int = 0, intra_op_threads: int = 0,
-                      training: bool = False) -> int:
+                      training: bool = False, xla: bool = False) -> int:
     """Sets threading and logical CPU devices; must run before TensorFlow executes any op.
 
     Returns the number of visible GPUs. GPU memory growth is enabled so several workers can share a GPU
@@ -145,7 +146,7 @@ def configure_devices(cpu_replicas: int = 1, inter_op_threads: int = 0, intra_op
     gpus = tf.config.list_physical_devices("GPU")
     if inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-    automatic = auto_intra_op_threads(len(gpus), usable_cores(), training)
+    automatic = auto_intra_op_threads(len(gpus), usable_cores(), training, xla)
     if intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
     elif automatic:

@@ -35,7 +35,7 @@ flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay of the optimizer
 flags.DEFINE_integer("epochs", 3, "Train for the following number of epochs.")
 flags.DEFINE_integer("global_batch_size", 131072, "Batch size used for training, evaluation and inference (summed over all replicas).")
 flags.DEFINE_float("dropout_rate", -1.0, "Dropout rate for all the classification MLPs (-1 disables dropout).")
-flags.DEFINE_boolean("amp", False, "Enable automatic mixed precision: float16 with dynamic loss scaling on GPU; bfloat16 on CPU (matmuls in bfloat16, recurrences and sigmoids in float32).")
+flags.DEFINE_boolean("amp", False, "Enable automatic mixed precision: float16 with dynamic loss scaling on GPU; bfloat16 on CPU (matmuls in bfloat16; GRU states, gates and sigmoids in float32).")
 flags.DEFINE_boolean("xla", False, "Compile the forward and backward pass, and the prediction step, with XLA (jit_compile). On CPU it speeds up inference and DIN training but slows SIM and DIEN training (README, Performance).")
 flags.DEFINE_boolean("drop_remainder", False, "Drop remainder batch for training set.")
 flags.DEFINE_boolean("disable_cache", False, "Disable caching the training records in memory after the first epoch (caching is skipped anyway when they would take over a quarter of the RAM).")
@@ -54,8 +54,9 @@ flags.DEFINE_integer("benchmark_warmup_steps", 20, "Number of warmup steps to us
 flags.DEFINE_integer("benchmark_steps", 200, "Number of steps to use for performance benchmarking.")
 flags.DEFINE_string("affinity", "socket_unique_interleaved", "Recipe compatibility only (Horovod CPU affinity); ignored.")
 flags.DEFINE_integer("inter_op_parallelism", 0, "Number of inter op threads (0: TensorFlow's default).")
-flags.DEFINE_integer("intra_op_parallelism", 0, "Number of intra op threads (0: automatic: 1 when training on a CPU-only "
-                     "host of at most 2 cores, where it is faster, else TensorFlow's default of one per core).")
+flags.DEFINE_integer("intra_op_parallelism", 0, "Number of intra op threads (0: automatic: 1 when training without --xla "
+                     "on a CPU-only host of at most 2 cores, where it is faster, else TensorFlow's default of one "
+                     "per core).")
 flags.DEFINE_integer("seed", -1, "Random seed (-1: pick one and record it in config.json).")
 flags.DEFINE_integer("prebatch_train_size", 0, "Samples per training record (0: detect from the data).")
 flags.DEFINE_integer("prebatch_test_size", 0, "Samples per test record (0: detect from the data).")

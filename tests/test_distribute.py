@@ -90,6 +90,7 @@ def test_intra_op_threads_default_to_one_only_on_small_cpu_only_hosts():
     assert distribute.auto_intra_op_threads(num_gpus=0, cores=16, training=True) == 0  # TensorFlow's default
     assert distribute.auto_intra_op_threads(num_gpus=1, cores=2, training=True) == 0
     assert distribute.auto_intra_op_threads(num_gpus=0, cores=2, training=False) == 0  # prediction
+    assert distribute.auto_intra_op_threads(num_gpus=0, cores=2, training=True, xla=True) == 0
     assert 1 <= distribute.usable_cores() <= (os.cpu_count() or 1)
 
 

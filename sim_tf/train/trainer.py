@@ -158,7 +158,7 @@ class Trainer:
         self.cluster = distribute.read_tf_config()
         num_gpus = distribute.configure_devices(
             config.cpu_replicas, config.inter_op_parallelism, config.intra_op_parallelism,
-            training=config.mode == "train",
+            training=config.mode == "train", xla=config.xla,
         )
         self.choice = distribute.choose_strategy(config.strategy, num_gpus, self.cluster, config.cpu_replicas)
         self.strategy = distribute.create_strategy(self.choice, config.collective_timeout_s)
