@@ -683,7 +683,9 @@ class Trainer:
             c.write(
                 os.path.join(c.results_dir, "config.json"),
                 {"resolved": {"strategy": dataclasses.asdict(self.choice), "precision": self.policy,
-                              "replicas": self.strategy.num_replicas_in_sync}},
+                              "replicas": self.strategy.num_replicas_in_sync,
+                              # 0: TensorFlow's default, one per core
+                              "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}},
             )
         try:
             if c.mode == "train":

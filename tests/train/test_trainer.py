@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sim_tf import profile_summary
+from sim_tf import distribute, profile_summary
 from sim_tf.errors import UserError
 
 
@@ -88,6 +88,8 @@ def test_train_then_evaluate_and_infer_from_checkpoint(tiny_dataset, tmp_path, m
     config = json.load(open(results / "config.json"))
     assert config["model_type"] == model_type and config["seed"] == 1
     assert config["resolved"]["strategy"]["kind"] == "default"
+    # Training on this CPU-only machine: one thread per op if it has at most 2 cores (see distribute.py).
+    assert config["resolved"]["intra_op_threads"] == distribute.auto_intra_op_threads(0, distribute.usable_cores(), True)
     assert any(name.startswith("events") for name in os.listdir(results / "tensorboard" / "validation"))
     eval_record = [r for r in records if r["type"] == "eval"][-1]
     assert eval_record["roc"][0][0] == 0.0 and eval_record["roc"][1][-1] == 1.0
