@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from sim_tf.distribute import STRATEGIES
 from sim_tf.errors import UserError
