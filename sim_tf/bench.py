@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from sim_tf.data.feature_spec import DEFAULT_FEATURE_SPEC_NAME
 from sim_tf.errors import UserError
 from sim_tf.train.run_log import read_log
 
@@ -228,14 +229,14 @@ def ensure_dataset(preset: str, data_dir: str, echo: Callable[[str], None] = pri
     from sim_tf.data import synthetic
 
     if is_folder_preset(preset):
-        if not os.path.isfile(os.path.join(preset, "feature_spec.yaml")):
-            raise UserError(f"--presets: {preset!r} is not a dataset folder (no feature_spec.yaml in it)")
+        if not os.path.isfile(os.path.join(preset, DEFAULT_FEATURE_SPEC_NAME)):
+            raise UserError(f"--presets: {preset!r} is not a dataset folder (no {DEFAULT_FEATURE_SPEC_NAME} in it)")
         return preset
     if preset not in synthetic.PRESETS:
         raise UserError(f"--presets: unknown preset {preset!r}; choose from {list(synthetic.PRESETS)} or give "
-                        f"the path of a dataset folder (one holding feature_spec.yaml)")
+                        f"the path of a dataset folder (one holding {DEFAULT_FEATURE_SPEC_NAME})")
     folder = os.path.join(data_dir, f"{preset}-seed0")
-    if not os.path.exists(os.path.join(folder, "feature_spec.yaml")):
+    if not os.path.exists(os.path.join(folder, DEFAULT_FEATURE_SPEC_NAME)):
         echo(f"writing the {preset!r} synthetic dataset to {folder} (once)")
         args = [sys.executable, "-m", "sim_tf", "synthesize", f"--preset={preset}", f"--output={folder}", "--overwrite"]
         result = subprocess.run(args, capture_output=True, text=True)
