@@ -81,10 +81,6 @@ def test_sum_rows_and_densify_equal_tensorflows_segment_sum():
     assert densify(dense) is dense
 
 
-def _applier(optimizer, variables):
-    return lambda gradients: optimizer.apply(gradients, variables)
-
-
 @pytest.mark.parametrize("decay", [0.0, 0.01])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_fused_adam_takes_keras_adams_steps(decay, compiled):
@@ -101,7 +97,9 @@ def test_fused_adam_takes_keras_adams_steps(decay, compiled):
         variables = [keras.Variable(w.copy()) for w in init]
         optimizer.build(variables)
 
-        apply = _applier(optimizer, variables)
+        def apply(gradients):
+            optimizer.apply(gradients, variables)
+
         apply = tf.function(apply) if compiled else apply
         for step in grads:
             apply([tf.constant(g) for g in step])
