@@ -57,6 +57,10 @@ flags.DEFINE_integer("inter_op_parallelism", 0, "Number of inter op threads (0: 
 flags.DEFINE_integer("intra_op_parallelism", 0, "Number of intra op threads (0: automatic: 1 when training without --xla "
                      "on a CPU-only host of at most 2 cores, where it is faster, else TensorFlow's default of one "
                      "per core).")
+flags.DEFINE_integer("microbatches", 0, "Split each replica's training batch into this many parts, whose forward and "
+                     "backward passes are independent until their gradients are summed (same loss and update as the "
+                     "whole batch). 0: automatic: one per core when training runs one thread per op (see "
+                     "--intra_op_parallelism), so the cores work on the parts side by side, else 1.")
 flags.DEFINE_integer("seed", -1, "Random seed (-1: pick one and record it in config.json).")
 flags.DEFINE_integer("prebatch_train_size", 0, "Samples per training record (0: detect from the data).")
 flags.DEFINE_integer("prebatch_test_size", 0, "Samples per test record (0: detect from the data).")
@@ -168,6 +172,7 @@ def config_from_flags(mode: str | None = None) -> TrainConfig:
         collective_timeout_s=FLAGS.collective_timeout_s,
         inter_op_parallelism=FLAGS.inter_op_parallelism,
         intra_op_parallelism=FLAGS.intra_op_parallelism,
+        microbatches=FLAGS.microbatches,
     )
 
 

@@ -94,6 +94,16 @@ def test_intra_op_threads_default_to_one_only_on_small_cpu_only_hosts():
     assert 1 <= distribute.usable_cores() <= (os.cpu_count() or 1)
 
 
+def test_microbatches_default_to_one_per_core_only_with_one_thread_per_op():
+    assert distribute.auto_microbatches(num_gpus=0, cores=2, training=True, intra_op_threads=1) == 2
+    assert distribute.auto_microbatches(num_gpus=0, cores=1, training=True, intra_op_threads=1) == 1
+    assert distribute.auto_microbatches(num_gpus=0, cores=2, training=True, intra_op_threads=0) == 1  # TF's threads
+    assert distribute.auto_microbatches(num_gpus=0, cores=2, training=True, intra_op_threads=2) == 1
+    assert distribute.auto_microbatches(num_gpus=1, cores=2, training=True, intra_op_threads=1) == 1  # GPU
+    assert distribute.auto_microbatches(num_gpus=0, cores=2, training=False, intra_op_threads=1) == 1  # prediction
+    assert distribute.auto_microbatches(num_gpus=0, cores=2, training=True, intra_op_threads=1, xla=True) == 1
+
+
 @pytest.mark.parametrize("cores,flag,training,expected", [(2, 0, True, 1), (8, 0, True, 0), (2, 0, False, 0),
                                                          (2, 3, True, 3)])
 def test_configure_devices_applies_the_thread_choice(cores, flag, training, expected):

@@ -69,6 +69,7 @@ class TrainConfig:
     collective_timeout_s: float = 0.0
     inter_op_parallelism: int = 0
     intra_op_parallelism: int = 0
+    microbatches: int = 0
 
     def __post_init__(self):
         def need(condition: bool, message: str):
@@ -96,6 +97,7 @@ class TrainConfig:
         need(self.log_every_steps >= 1, f"--log_every_steps must be >= 1, got {self.log_every_steps}")
         need(self.strategy in STRATEGIES, f"--strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         need(self.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {self.cpu_replicas}")
+        need(self.microbatches >= 0, f"--microbatches must be >= 0 (0: automatic), got {self.microbatches}")
         need(self.collective_timeout_s >= 0, f"--collective_timeout_s must be >= 0, got {self.collective_timeout_s}")
         need(self.prebatch_train_size >= 0 and self.prebatch_test_size >= 0, "--prebatch_*_size must be >= 0")
         if self.profile_steps is not None:

@@ -30,8 +30,12 @@ def _is_dense_optimizer(optimizer) -> bool:
 class CtrTask:
     """Owns the model and optimizer maths; knows nothing about files, flags or the loop."""
 
-    def __init__(self, model: keras.Model, optimizer, loss_scaling: bool, xla: bool, num_replicas: int):
+    def __init__(self, model: keras.Model, optimizer, loss_scaling: bool, xla: bool, num_replicas: int,
+                 microbatches: int = 1):
+        if microbatches < 1:
+            raise ValueError(f"microbatches must be >= 1, got {microbatches}")
         self.model = model
+        self.microbatches = microbatches
         self.optimizer = optimizer
         self.loss_scaling = loss_scaling
         self.num_replicas = num_replicas
@@ -48,12 +52,29 @@ class CtrTask:
         pairs = tf.reduce_sum(mask[:, :-1] * mask[:, 1:])
         return tf.stack([tf.cast(tf.shape(labels)[0], tf.float32), tf.cast(pairs, tf.float32)])
 
+    @staticmethod
+    def split_batch(features, labels, parts: int) -> list:
+        """The batch as ``parts`` consecutive (features, labels) slices; the last takes the remainder, and a
+        batch smaller than ``parts`` gives empty slices, which add nothing to the loss sums."""
+        if parts == 1:
+            return [(features, labels)]
+        size = tf.shape(labels)[0]
+        sizes = [size // parts] * (parts - 1)
+        sizes.append(size - (parts - 1) * (size // parts))
+        columns = [tf.split(x, sizes, axis=0) for x in tf.nest.flatten((features, labels))]
+        return [tf.nest.pack_sequence_as((features, labels), [c[i] for c in columns]) for i in range(parts)]
+
     def _forward_backward_impl(self, features, labels, global_counts):
+        """Loss and gradients of the batch. With several microbatches each part runs its own forward pass
+        and the loss is the sum of the parts' terms over the *global* counts, which is exactly the whole
+        batch's loss, so the gradient is the whole batch's too (up to the order of float sums); the parts'
+        passes share no ops until their gradients meet, so idle cores can run them side by side."""
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            outputs = self.model(features, training=True)
-            terms = losses.loss_terms(outputs, labels)
-            loss = losses.combine(terms, global_counts[0], global_counts[1])
+            loss = 0.0
+            for part_features, part_labels in self.split_batch(features, labels, self.microbatches):
+                terms = losses.loss_terms(self.model(part_features, training=True), part_labels)
+                loss += losses.combine(terms, global_counts[0], global_counts[1])
             scaled = self.optimizer.scale_loss(loss) if self.loss_scaling else loss
         return loss, tape.gradient(scaled, variables)
 

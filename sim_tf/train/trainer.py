@@ -205,7 +205,10 @@ class Trainer:
                 self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
-        self.task = CtrTask(self.model, self.optimizer, loss_scaling, config.xla, replicas)
+        self.microbatches = config.microbatches or distribute.auto_microbatches(
+            num_gpus, distribute.usable_cores(), config.mode == "train",
+            tf.config.threading.get_intra_op_parallelism_threads(), config.xla)
+        self.task = CtrTask(self.model, self.optimizer, loss_scaling, config.xla, replicas, self.microbatches)
         self.checkpoint = tf.train.Checkpoint(
             model=variables_by_path(self.model),
             optimizer=self.optimizer,
@@ -685,7 +688,8 @@ class Trainer:
                 {"resolved": {"strategy": dataclasses.asdict(self.choice), "precision": self.policy,
                               "replicas": self.strategy.num_replicas_in_sync,
                               # 0: TensorFlow's default, one per core
-                              "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}},
+                              "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+                              "microbatches": self.microbatches}},
             )
         try:
             if c.mode == "train":

@@ -89,7 +89,9 @@ def test_train_then_evaluate_and_infer_from_checkpoint(tiny_dataset, tmp_path, m
     assert config["model_type"] == model_type and config["seed"] == 1
     assert config["resolved"]["strategy"]["kind"] == "default"
     # Training on this CPU-only machine: one thread per op if it has at most 2 cores (see distribute.py).
-    assert config["resolved"]["intra_op_threads"] == distribute.auto_intra_op_threads(0, distribute.usable_cores(), True)
+    threads = distribute.auto_intra_op_threads(0, distribute.usable_cores(), True)
+    assert config["resolved"]["intra_op_threads"] == threads
+    assert config["resolved"]["microbatches"] == distribute.auto_microbatches(0, distribute.usable_cores(), True, threads)
     assert any(name.startswith("events") for name in os.listdir(results / "tensorboard" / "validation"))
     eval_record = [r for r in records if r["type"] == "eval"][-1]
     assert eval_record["roc"][0][0] == 0.0 and eval_record["roc"][1][-1] == 1.0
