@@ -205,9 +205,10 @@ class Trainer:
                 self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
+        # The resolved thread count (0: TensorFlow's default, one per core), recorded in config.json.
+        self.intra_op_threads = tf.config.threading.get_intra_op_parallelism_threads()
         self.microbatches = config.microbatches or distribute.auto_microbatches(
-            num_gpus, distribute.usable_cores(), config.mode == "train",
-            tf.config.threading.get_intra_op_parallelism_threads(), config.xla)
+            num_gpus, distribute.usable_cores(), config.mode == "train", self.intra_op_threads, config.xla)
         self.task = CtrTask(self.model, self.optimizer, loss_scaling, config.xla, replicas, self.microbatches)
         self.checkpoint = tf.train.Checkpoint(
             model=variables_by_path(self.model),
@@ -687,8 +688,7 @@ class Trainer:
                 os.path.join(c.results_dir, "config.json"),
                 {"resolved": {"strategy": dataclasses.asdict(self.choice), "precision": self.policy,
                               "replicas": self.strategy.num_replicas_in_sync,
-                              # 0: TensorFlow's default, one per core
-                              "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+                              "intra_op_threads": self.intra_op_threads,
                               "microbatches": self.microbatches}},
             )
         try:
