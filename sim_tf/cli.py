@@ -28,6 +28,7 @@ COMMANDS = {
     "synthesize": ("sim_tf.commands.synthesize", {}, "write a synthetic dataset (TFRecord, or raw Amazon-format files)"),
     "inspect": ("sim_tf.commands.inspect", {}, "validate a dataset and print its shape, counts and a sample batch"),
     "benchmark": ("sim_tf.commands.benchmark", {}, "train/inference throughput, latency, peak memory (and AUC) per model, preset and precision"),
+    "benchmark-compare": ("sim_tf.commands.benchmark_compare", {}, "throughput ratios and paired per-seed AUC differences of two benchmark reports (or of configs within one)"),
     "benchmark-input": ("sim_tf.commands.benchmark_input", {}, "measure the input pipeline's samples/s"),
     "profile": ("sim_tf.commands.profile", {}, "top TensorFlow ops of a --profile_steps trace, without the profile plugin"),
 }

@@ -1,0 +1,189 @@
+"""Two benchmark results side by side: throughput ratios and *paired* AUC differences.
+
+`sim-tf benchmark --modes auc` trains repeat r with ``--seed=r``. Two configurations (or two checkouts)
+run with the same seed start from the same weights and see the same batches, so their AUCs pair up by
+seed; the difference of a pair is what an optimisation did to that seed. One pair says little when
+training is chaotic: a change that only reorders float sums can move a seed's one-epoch AUC by more than
+the seed-to-seed spread. So each comparison reports the per-seed differences *and* their mean with a 95%
+confidence interval (Student's t over the pairs), next to the base's seed-to-seed standard deviation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import statistics
+
+from sim_tf.bench import dataset_label
+from sim_tf.errors import UserError
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; larger samples use the normal's.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+_CASE_KEYS = ("model", "preset", "mode", "config")
+
+
+def t975(degrees_of_freedom: int) -> float:
+    if degrees_of_freedom < 1:
+        raise ValueError("a confidence interval needs at least two pairs")
+    if degrees_of_freedom <= len(_T975):
+        return _T975[degrees_of_freedom - 1]
+    return 2.000 if degrees_of_freedom <= 60 else 1.980 if degrees_of_freedom <= 120 else 1.960
+
+
+def load_report(path: str) -> dict:
+    """A `sim-tf benchmark --json_output` file, checked enough to name what is wrong with a bad one."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (give the --json_output of a `sim-tf benchmark` run)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable JSON file ({e})") from None
+    results = report.get("results") if isinstance(report, dict) else None
+    if not isinstance(results, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("case"), dict) and isinstance(r.get("runs"), list) for r in results
+    ):
+        raise UserError(f"{path}: not a `sim-tf benchmark` report (it needs a 'results' list of cases with runs)")
+    for entry in results:
+        missing = [k for k in _CASE_KEYS if k not in entry["case"]]
+        if missing:
+            raise UserError(f"{path}: a case lacks {missing}; not a `sim-tf benchmark` report")
+    return report
+
+
+def seed_of(run: dict, index: int) -> int:
+    """The seed a run trained with: its command's ``--seed=N``, else its repeat index (which is the seed)."""
+    found = re.search(r"--seed=(\d+)", run.get("command", ""))
+    return int(found.group(1)) if found else index
+
+
+def _aucs_by_seed(runs: list[dict]) -> dict[int, float]:
+    return {seed_of(r, i): r["test_auc"] for i, r in enumerate(runs) if "error" not in r and r.get("test_auc") is not None}
+
+
+def _throughputs(runs: list[dict]) -> list[float]:
+    return [r["throughput"] for r in runs if "error" not in r and r.get("throughput") is not None]
+
+
+@dataclasses.dataclass
+class Comparison:
+    model: str
+    preset: str
+    mode: str
+    base: str  # what the base side is: a config name, or "file:config"
+    new: str
+    base_throughput: float | None = None
+    new_throughput: float | None = None
+    seeds: tuple[int, ...] = ()
+    auc_differences: tuple[float, ...] = ()  # new - base, per seed, in the order of ``seeds``
+    base_auc_sd: float | None = None  # the base's seed-to-seed standard deviation
+
+    @property
+    def throughput_ratio(self) -> float | None:
+        if self.base_throughput and self.new_throughput is not None:
+            return self.new_throughput / self.base_throughput
+        return None
+
+    @property
+    def mean_difference(self) -> float | None:
+        return statistics.fmean(self.auc_differences) if self.auc_differences else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """95% confidence interval of the mean paired difference (needs two or more pairs)."""
+        n = len(self.auc_differences)
+        if n < 2:
+            return None
+        half = t975(n - 1) * statistics.stdev(self.auc_differences) / math.sqrt(n)
+        mean = statistics.fmean(self.auc_differences)
+        return mean - half, mean + half
+
+    def within(self, tolerance: float) -> int:
+        """How many seeds moved by at most ``tolerance``."""
+        return sum(abs(d) <= tolerance + 1e-12 for d in self.auc_differences)
+
+    def verdict(self, tolerance: float) -> str:
+        """Whether the mean AUC moved by less than ``tolerance``, as far as the pairs can tell."""
+        interval = self.interval
+        if interval is None:
+            return "too few pairs"
+        low, high = interval
+        if -tolerance <= low and high <= tolerance:
+            return f"mean within +-{tolerance:g}"
+        if high < -tolerance or low > tolerance:
+            return f"mean moved by more than {tolerance:g}"
+        return "undecided: more seeds needed"
+
+
+def _pair(model, preset, mode, base_label, new_label, base_runs, new_runs) -> Comparison:
+    comparison = Comparison(model, preset, mode, base_label, new_label)
+    base_speed, new_speed = _throughputs(base_runs), _throughputs(new_runs)
+    comparison.base_throughput = statistics.median(base_speed) if base_speed else None
+    comparison.new_throughput = statistics.median(new_speed) if new_speed else None
+    base_auc, new_auc = _aucs_by_seed(base_runs), _aucs_by_seed(new_runs)
+    seeds = sorted(set(base_auc) & set(new_auc))
+    comparison.seeds = tuple(seeds)
+    comparison.auc_differences = tuple(new_auc[s] - base_auc[s] for s in seeds)
+    if len(base_auc) >= 2:
+        comparison.base_auc_sd = statistics.stdev(base_auc.values())
+    return comparison
+
+
+def compare_reports(base: dict, new: dict) -> list[Comparison]:
+    """Every case present in both reports, matched by model, preset, mode and config."""
+    base_cases = {tuple(r["case"][k] for k in _CASE_KEYS): r for r in base["results"]}
+    out = []
+    for entry in new["results"]:
+        key = tuple(entry["case"][k] for k in _CASE_KEYS)
+        if key in base_cases:
+            model, preset, mode, config = key
+            out.append(_pair(model, preset, mode, f"base {config}", f"new {config}",
+                             base_cases[key]["runs"], entry["runs"]))
+    if not out:
+        raise UserError("the two reports have no case in common (same model, preset, mode and config)")
+    return out
+
+
+def compare_configs(report: dict, baseline: str) -> list[Comparison]:
+    """Within one report, every other config against ``baseline`` for the same model, preset and mode."""
+    by_key = {tuple(r["case"][k] for k in _CASE_KEYS): r for r in report["results"]}
+    out = []
+    for (model, preset, mode, config), entry in by_key.items():
+        reference = by_key.get((model, preset, mode, baseline))
+        if config != baseline and reference is not None:
+            out.append(_pair(model, preset, mode, baseline, config, reference["runs"], entry["runs"]))
+    if not out:
+        configs = sorted({r["case"]["config"] for r in report["results"]})
+        raise UserError(f"nothing to compare: the report needs config {baseline!r} and another one for the same "
+                        f"model, preset and mode (it has {configs}); or give a second report")
+    return out
+
+
+def format_comparisons(comparisons: list[Comparison], tolerance: float) -> str:
+    header = ["model", "preset", "mode", "base -> new", "samples/s", "ratio", "AUC pairs",
+              "new - base per seed", "mean [95% CI]", f"|diff| <= {tolerance:g}", "base seed sd", "verdict"]
+    rows = []
+    for c in comparisons:
+        speed = (f"{c.base_throughput:,.0f} -> {c.new_throughput:,.0f}"
+                 if c.base_throughput is not None and c.new_throughput is not None else "-")
+        ratio = f"{c.throughput_ratio:.3f}" if c.throughput_ratio is not None else "-"
+        if c.auc_differences:
+            per_seed = " ".join(f"{d:+.4f}" for d in c.auc_differences)
+            interval = c.interval
+            mean = f"{c.mean_difference:+.4f}" + (f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "")
+            within = f"{c.within(tolerance)}/{len(c.auc_differences)}"
+            sd = f"{c.base_auc_sd:.4f}" if c.base_auc_sd is not None else "-"
+            verdict = c.verdict(tolerance)
+        else:
+            per_seed = mean = within = sd = verdict = "-"
+        rows.append([c.model, dataset_label(c.preset), c.mode, f"{c.base} -> {c.new}", speed, ratio, str(len(c.seeds)),
+                     per_seed, mean, within, sd, verdict])
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = [" | ".join(str(v).ljust(w) for v, w in zip(header, widths))]
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [" | ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
