@@ -215,6 +215,11 @@ def format_table(results: list[dict]) -> str:
             f"{agg['throughput']:,.0f}", f"{agg['throughput_min']:,.0f} - {agg['throughput_max']:,.0f}",
             latency, auc, f"{agg['peak_rss_bytes'] / 2**30:.2f} GiB", f"{agg['runs']}{failed}",
         ])
+    return text_table(header, rows)
+
+
+def text_table(header: list[str], rows: list[list]) -> str:
+    """A plain-text table for the terminal: columns padded to their widest cell, a rule under the header."""
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     lines = [" | ".join(str(v).ljust(w) for v, w in zip(header, widths))]
     lines.append("-+-".join("-" * w for w in widths))

@@ -16,7 +16,7 @@ import math
 import re
 import statistics
 
-from sim_tf.bench import dataset_label
+from sim_tf.bench import dataset_label, text_table
 from sim_tf.errors import UserError
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; larger samples use the normal's.
@@ -74,7 +74,7 @@ class Comparison:
     model: str
     preset: str
     mode: str
-    base: str  # what the base side is: a config name, or "file:config"
+    base: str  # the base side's label: its config ("fp32"), or "base fp32" when two reports are compared
     new: str
     base_throughput: float | None = None
     new_throughput: float | None = None
@@ -119,18 +119,22 @@ class Comparison:
         return "undecided: more seeds needed"
 
 
+def _median_throughput(runs: list[dict]) -> float | None:
+    speeds = _throughputs(runs)
+    return statistics.median(speeds) if speeds else None
+
+
 def _pair(model, preset, mode, base_label, new_label, base_runs, new_runs) -> Comparison:
-    comparison = Comparison(model, preset, mode, base_label, new_label)
-    base_speed, new_speed = _throughputs(base_runs), _throughputs(new_runs)
-    comparison.base_throughput = statistics.median(base_speed) if base_speed else None
-    comparison.new_throughput = statistics.median(new_speed) if new_speed else None
     base_auc, new_auc = _aucs_by_seed(base_runs), _aucs_by_seed(new_runs)
-    seeds = sorted(set(base_auc) & set(new_auc))
-    comparison.seeds = tuple(seeds)
-    comparison.auc_differences = tuple(new_auc[s] - base_auc[s] for s in seeds)
-    if len(base_auc) >= 2:
-        comparison.base_auc_sd = statistics.stdev(base_auc.values())
-    return comparison
+    seeds = tuple(sorted(set(base_auc) & set(new_auc)))
+    return Comparison(
+        model, preset, mode, base_label, new_label,
+        base_throughput=_median_throughput(base_runs),
+        new_throughput=_median_throughput(new_runs),
+        seeds=seeds,
+        auc_differences=tuple(new_auc[s] - base_auc[s] for s in seeds),
+        base_auc_sd=statistics.stdev(base_auc.values()) if len(base_auc) >= 2 else None,
+    )
 
 
 def compare_reports(base: dict, new: dict) -> list[Comparison]:
@@ -182,8 +186,4 @@ def format_comparisons(comparisons: list[Comparison], tolerance: float) -> str:
             per_seed = mean = within = sd = verdict = "-"
         rows.append([c.model, dataset_label(c.preset), c.mode, f"{c.base} -> {c.new}", speed, ratio, str(len(c.seeds)),
                      per_seed, mean, within, sd, verdict])
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    lines = [" | ".join(str(v).ljust(w) for v, w in zip(header, widths))]
-    lines.append("-+-".join("-" * w for w in widths))
-    lines += [" | ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+    return text_table(header, rows)
