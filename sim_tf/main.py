@@ -38,7 +38,7 @@ flags.DEFINE_float("dropout_rate", -1.0, "Dropout rate for all the classificatio
 flags.DEFINE_boolean("amp", False, "Enable automatic mixed precision: float16 with dynamic loss scaling on GPU; bfloat16 on CPU (matmuls in bfloat16; GRU states, gates and sigmoids in float32).")
 flags.DEFINE_boolean("xla", False, "Compile the forward and backward pass, and the prediction step, with XLA (jit_compile). On CPU it speeds up inference and DIN training but slows SIM and DIEN training (README, Performance).")
 flags.DEFINE_boolean("drop_remainder", False, "Drop remainder batch for training set.")
-flags.DEFINE_boolean("disable_cache", False, "Disable caching the training records in memory after the first epoch (caching is skipped anyway when they would take over a quarter of the RAM).")
+flags.DEFINE_boolean("disable_cache", False, "Do not keep the training records in memory between epochs, and shuffle the file order at each epoch. Without it, files are read in the FeatureSpec's order and the records are kept in memory when the run reads them more than once (over a quarter of the RAM, files are shuffled as with it).")
 flags.DEFINE_integer("repeat_count", 0, "Repeat training dataset this number of times per epoch (0 or 1: once).")
 flags.DEFINE_integer("prefetch_train_size", -1, "Number of batches to prefetch in training (-1: AUTOTUNE).")
 flags.DEFINE_integer("prefetch_test_size", -1, "Number of batches to prefetch in evaluation (-1: AUTOTUNE).")

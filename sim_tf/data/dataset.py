@@ -63,7 +63,14 @@ class InputOptions:
     shuffle_buffer: int = 0  # records; 0 picks 8 global batches' worth (at most 65,536 records)
     seed: int | None = None
     drop_remainder: bool = False
+    # cache: keep the serialized records in memory after the first pass, for the next passes (repeats, or
+    # the next epochs when make_dataset is given a record_cache). A cached mapping is read in the spec's
+    # file order, so that every pass sees the same records in the same order before the record shuffle.
     cache: bool = False
+    # fixed_file_order: read the files in the spec's order without caching them, i.e. the order a cached
+    # run reads (a one-pass run where caching would be allowed reads what the same run with more epochs
+    # reads in its first one).
+    fixed_file_order: bool = False
     repeat: int = 1  # passes over the data per iteration of the dataset; 0 or less repeats forever
     prefetch: int = AUTOTUNE
     out_of_range: str | None = None  # "error" | "oov"; None takes the FeatureSpec's metadata
@@ -231,18 +238,37 @@ class _Transform:
         return features, label
 
 
+def _records(files: list[str], pipelines: int, pipeline_id: int, reads: int, options: InputOptions,
+             shuffle_files: bool) -> tf.data.Dataset:
+    """The serialized records of one input pipeline's share of ``files``."""
+    file_ds = tf.data.Dataset.from_tensor_slices(files)
+    shard_records = pipelines > 1 and len(files) < pipelines
+    if pipelines > 1 and not shard_records:
+        file_ds = file_ds.shard(pipelines, pipeline_id)
+    if shuffle_files and len(files) > 1:
+        file_ds = file_ds.shuffle(len(files), seed=options.seed, reshuffle_each_iteration=True)
+    # Unshuffled mappings are read file after file, so rows come in the order the spec lists them.
+    records = tf.data.TFRecordDataset(file_ds, num_parallel_reads=reads if reads > 1 else None)
+    return records.shard(pipelines, pipeline_id) if shard_records else records
+
+
 def make_dataset(
     spec: fs.FeatureSpec,
     mapping: str,
     global_batch_size: int,
     input_context: tf.distribute.InputContext | None = None,
     options: InputOptions = InputOptions(),
+    record_cache: dict | None = None,
 ) -> tf.data.Dataset:
     """Builds the input pipeline of one mapping for one input pipeline (worker).
 
     With an ``input_context`` the pipeline reads its share of the data: whole files when there are at
     least as many files as pipelines, every n-th record otherwise; either way each sample is read by
     exactly one pipeline. Batches are per replica (``global_batch_size / num_replicas_in_sync``).
+
+    With ``options.cache``, passing the same ``record_cache`` dict to the calls for later epochs makes them
+    share one in-memory cache of the records (filled by the first complete pass); each call still shuffles
+    with its own ``options.seed``. Without it, the cache lives as long as the returned dataset.
     """
     if global_batch_size < 1:
         raise ValueError(f"global batch size must be >= 1, got {global_batch_size}")
@@ -262,19 +288,17 @@ def make_dataset(
     prebatch = options.prebatch_size or inspect_layout(spec, mapping)
 
     files = spec.files(mapping)
-    file_ds = tf.data.Dataset.from_tensor_slices(files)
-    shard_records = pipelines > 1 and len(files) < pipelines
-    if pipelines > 1 and not shard_records:
-        file_ds = file_ds.shard(pipelines, pipeline_id)
-    if shuffle and len(files) > 1 and not options.cache:
-        file_ds = file_ds.shuffle(len(files), seed=options.seed, reshuffle_each_iteration=True)
-    # Unshuffled mappings are read file after file, so rows come in the order the spec lists them.
     reads = max(1, min(options.num_parallel_reads, len(files))) if shuffle else 1
-    records = tf.data.TFRecordDataset(file_ds, num_parallel_reads=reads if reads > 1 else None)
-    if shard_records:
-        records = records.shard(pipelines, pipeline_id)
-    if options.cache:
-        records = records.cache()
+    key = (tuple(files), pipelines, pipeline_id, reads)
+    if options.cache and record_cache is not None and key in record_cache:
+        records = record_cache[key]
+    else:
+        records = _records(files, pipelines, pipeline_id, reads, options,
+                           shuffle_files=shuffle and not (options.cache or options.fixed_file_order))
+        if options.cache:
+            records = records.cache()
+            if record_cache is not None:
+                record_cache[key] = records
     records_per_batch = max(1, batch_size // prebatch)
     if shuffle:
         # Sized from the *global* batch, so every replica count shuffles the same way.

@@ -218,6 +218,8 @@ class Trainer:
             step_in_epoch=self.step_in_epoch,
         )
         self._manager = None
+        # The training records cached in memory, shared by every epoch's pipeline (see _input_options).
+        self._record_cache: dict = {}
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         self._train_loop_fn = None
         self._predict_fn = None
@@ -230,6 +232,7 @@ class Trainer:
         c = self.config
         prefetch = c.prefetch_train_size if mapping == "train" else c.prefetch_test_size
         prebatch = c.prebatch_train_size if mapping == "train" else c.prebatch_test_size
+        cacheable = c.cache and mapping == "train" and not c.benchmark and self._fits_in_memory(mapping)
         return data.InputOptions(
             long_seq_length=c.long_seq_length,
             # One seed per epoch (not one reshuffling stream), so a run resumed at epoch k sees the same
@@ -238,7 +241,10 @@ class Trainer:
             shuffle=mapping == "train",
             shuffle_buffer=c.shuffle_buffer,
             drop_remainder=c.drop_remainder and mapping == "train",
-            cache=c.cache and mapping == "train" and not c.benchmark and self._fits_in_memory(mapping),
+            # The cache only pays when this run reads the records again. The file order must not depend on
+            # the number of epochs, though, so a one-pass run reads in the cached runs' order.
+            cache=cacheable and c.epochs * max(1, c.repeat_count) > 1,
+            fixed_file_order=cacheable,
             repeat=0 if (c.benchmark and mapping == "train") else max(1, c.repeat_count) if mapping == "train" else 1,
             prefetch=prefetch if prefetch > 0 else data.AUTOTUNE,
             deterministic=True,
@@ -263,7 +269,7 @@ class Trainer:
         local_replicas = self.strategy.num_replicas_in_sync // max(1, self.cluster.num_workers)
 
         def dataset_fn(context: tf.distribute.InputContext):
-            ds = data.make_dataset(spec, mapping, batch, context, options)
+            ds = data.make_dataset(spec, mapping, batch, context, options, self._record_cache)
             if skip_steps:
                 # Every global step consumes one per-replica batch per local replica of this worker.
                 ds = ds.skip(skip_steps * max(1, local_replicas))
@@ -520,7 +526,8 @@ class Trainer:
             self.log.say(f"the checkpoint has already finished {start_epoch} epoch(s); nothing to train")
         self.log.record("start", steps_per_epoch=steps_per_epoch, epochs=c.epochs, start_epoch=start_epoch,
                         train_samples=self.samples["train"], test_samples=self.samples["test"],
-                        replicas=self.strategy.num_replicas_in_sync, precision=self.policy)
+                        replicas=self.strategy.num_replicas_in_sync, precision=self.policy,
+                        cached_records=self._input_options("train", 0).cache)
         latencies: list[float] = []
         first_loop_seconds = None
         run_started = time.perf_counter()

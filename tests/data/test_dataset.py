@@ -208,3 +208,20 @@ def test_synthetic_tiny_reads(tiny_dataset):
     ds = data.make_dataset(tiny_dataset, "train", 256, options=data.InputOptions(long_seq_length=15, seed=1))
     counts = collections.Counter(int(label.shape[0]) for _, label in ds)
     assert sum(k * v for k, v in counts.items()) == 16384
+
+
+def test_cache_serves_later_epochs_without_the_files(tmp_path):
+    os.makedirs(tmp_path / "data")
+    spec = _hand_made(tmp_path / "data", n=60, files=3)
+    record_cache = {}
+    # (prebatch_size given: detecting it would read a file)
+    epoch = lambda seed: data.InputOptions(long_seq_length=4, seed=seed, shuffle_buffer=64, cache=True, prebatch_size=1)
+    first = _users(data.make_dataset(spec, "train", 10, options=epoch(0), record_cache=record_cache))
+    # A one-pass run where caching is allowed reads the files in the same order, without caching them.
+    fixed = data.InputOptions(long_seq_length=4, seed=0, shuffle_buffer=64, fixed_file_order=True)
+    assert _users(data.make_dataset(spec, "train", 10, options=fixed)) == first
+    os.rename(tmp_path / "data", tmp_path / "moved")
+    second = _users(data.make_dataset(spec, "train", 10, options=epoch(1), record_cache=record_cache))
+    assert sorted(second) == sorted(first) == list(range(1, 61)) and second != first
+    with pytest.raises(tf.errors.NotFoundError):  # nothing else could have served the second epoch
+        _users(data.make_dataset(spec, "train", 10, options=epoch(1), record_cache={}))

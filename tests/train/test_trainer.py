@@ -157,6 +157,9 @@ def test_deterministic_runs_are_bit_identical_and_resume_equals_uninterrupted(ti
         run(["train", *base_flags(tiny_dataset, tmp_path / name, epochs=2, save_checkpoint_path=tmp_path / f"{name}_ckpt",
                                   **common)])
         weights.append(checkpoint_weights(tmp_path / f"{name}_ckpt"))
+    # Two epochs keep the records in memory for the second (the one-epoch run below reads them once and
+    # keeps nothing), and read them in the same order: the resumed run checks that.
+    assert [r["cached_records"] for r in read_log(tmp_path / "a") if r["type"] == "start"] == [True]
     assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 10
     for key in weights[0]:
         np.testing.assert_array_equal(weights[0][key], weights[1][key], err_msg=key)
@@ -166,6 +169,7 @@ def test_deterministic_runs_are_bit_identical_and_resume_equals_uninterrupted(ti
     run(["train", *base_flags(tiny_dataset, tmp_path / "r1", epochs=1, save_checkpoint_path=ckpt, **common)])
     out = run(["train", *base_flags(tiny_dataset, tmp_path / "r2", epochs=2, save_checkpoint_path=ckpt, **common)])
     assert "restored" in out.stdout
+    assert [r["cached_records"] for r in read_log(tmp_path / "r1") if r["type"] == "start"] == [False]
     resumed = checkpoint_weights(ckpt)
     for key in weights[0]:
         np.testing.assert_array_equal(resumed[key], weights[0][key], err_msg=key)
