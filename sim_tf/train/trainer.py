@@ -8,6 +8,7 @@ steps, each a single ``tf.function`` call.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -232,7 +233,7 @@ class Trainer:
         c = self.config
         prefetch = c.prefetch_train_size if mapping == "train" else c.prefetch_test_size
         prebatch = c.prebatch_train_size if mapping == "train" else c.prebatch_test_size
-        cacheable = c.cache and mapping == "train" and not c.benchmark and self._fits_in_memory(mapping)
+        cacheable = c.cache and mapping == "train" and not c.benchmark and self._train_fits_in_memory
         return data.InputOptions(
             long_seq_length=c.long_seq_length,
             # One seed per epoch (not one reshuffling stream), so a run resumed at epoch k sees the same
@@ -252,10 +253,15 @@ class Trainer:
             negative_history=mapping == "train",
         )
 
-    def _fits_in_memory(self, mapping: str) -> bool:
-        """Caching keeps the serialized records in RAM; skip it when they would take over a quarter of it."""
+    @functools.cached_property
+    def _train_fits_in_memory(self) -> bool:
+        """Caching keeps the serialized records in RAM; skip it when they would take over a quarter of it.
+
+        Decided once per run: it also fixes the file order, which must be the same in every epoch's
+        pipeline (and one stat per file is a network call on remote storage).
+        """
         try:
-            size = sum(tf.io.gfile.stat(f).length for f in self.spec.files(mapping))
+            size = sum(tf.io.gfile.stat(f).length for f in self.spec.files("train"))
             pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, tf.errors.OpError):
             return False
