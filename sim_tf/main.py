@@ -35,7 +35,7 @@ flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay of the optimizer
 flags.DEFINE_integer("epochs", 3, "Train for the following number of epochs.")
 flags.DEFINE_integer("global_batch_size", 131072, "Batch size used for training, evaluation and inference (summed over all replicas).")
 flags.DEFINE_float("dropout_rate", -1.0, "Dropout rate for all the classification MLPs (-1 disables dropout).")
-flags.DEFINE_boolean("amp", False, "Enable automatic mixed precision: float16 with dynamic loss scaling on GPU; bfloat16 on CPU (matmuls in bfloat16; GRU states, gates and sigmoids in float32).")
+flags.DEFINE_boolean("amp", False, "Enable automatic mixed precision: float16 with dynamic loss scaling on GPU; bfloat16 on CPU (matmuls in bfloat16; GRU states, gates, sigmoids and the DIEN attention scores and softmax in float32).")
 flags.DEFINE_boolean("xla", False, "Compile the forward and backward pass, and the prediction step, with XLA (jit_compile). On CPU it speeds up inference and DIN training but slows SIM and DIEN training (README, Performance).")
 flags.DEFINE_boolean("drop_remainder", False, "Drop remainder batch for training set.")
 flags.DEFINE_boolean("disable_cache", False, "Do not keep the training records in memory between epochs, and shuffle the file order at each epoch. Without it, files are read in the FeatureSpec's order and the records are kept in memory when the run reads them more than once (over a quarter of the RAM, files are shuffled as with it).")

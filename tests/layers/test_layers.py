@@ -181,6 +181,34 @@ def test_mixed_precision_gru_runs_matmuls_in_bfloat16_and_keeps_the_float32_resu
     assert matmuls and all(op.inputs[0].dtype == tf.bfloat16 for op in matmuls)
 
 
+def test_mixed_precision_dien_attention_gives_float32_weights():
+    # The weights gate every AUGRU step. Under a bfloat16 policy the MLP's hidden layers run in bfloat16,
+    # but the score layer and the softmax stay float32, so the weights are a float32 distribution
+    # (bfloat16 weights sum to 1 only to ~3 digits) close to the float32 layer's.
+    rng = np.random.default_rng(0)
+    query = tf.constant(rng.normal(size=[64, 8]).astype("float32"))
+    states = tf.constant(rng.normal(size=[64, 10, 6]).astype("float32"))
+    mask = tf.constant((rng.random([64, 10]) > 0.2).astype("float32"))
+    exact = dien.DienAttention(6)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = dien.DienAttention(6)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    exact(query, states, mask)
+    mixed(query, states, mask)
+    for target, source in zip(mixed.weights, exact.weights):
+        target.assign(source * 4.0)  # scores of a few units, where a bfloat16 score is off by ~0.02
+        source.assign(target)
+    assert mixed.dense[0].compute_dtype == "bfloat16"
+    weights = mixed(query, states, mask)
+    assert weights.dtype == tf.float32
+    real = weights.numpy().sum(axis=1)[mask.numpy().sum(axis=1) > 0]
+    np.testing.assert_allclose(real, 1.0, atol=1e-6)
+    np.testing.assert_allclose(weights.numpy(), exact(query, states, mask).numpy(), atol=0.02)
+
+
 def test_dien_attention_weights_sum_to_one_over_real_steps():
     layer = dien.DienAttention(6)
     w = layer(tf.random.normal([2, 8]), tf.random.normal([2, 4, 6]), tf.constant([[0.0, 1.0, 1.0, 1.0], [0.0] * 4]))
