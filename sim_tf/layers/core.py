@@ -7,11 +7,28 @@ mixed policy) but keep variables, and wherever stated their outputs, in float32.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import keras
 import tensorflow as tf
+
+
+@contextlib.contextmanager
+def global_dtype_policy(policy: str | None) -> Iterator[None]:
+    """Keras's global dtype policy set to ``policy`` (None: left as it is) inside the block, restored after.
+
+    Layers take the global policy when they are created, and so do the sub-layers a layer creates, which
+    do not inherit their parent's ``dtype``: a whole model is put under mixed precision this way.
+    """
+    previous = keras.mixed_precision.global_policy()
+    if policy:
+        keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _check_positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:

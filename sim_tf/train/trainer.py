@@ -28,6 +28,7 @@ from sim_tf import distribute
 from sim_tf.data import dataset as data
 from sim_tf.data import feature_spec as fs
 from sim_tf.errors import Interrupted, UserError
+from sim_tf.layers import core
 from sim_tf.models import models
 from sim_tf.preprocess.progress import format_duration
 from sim_tf.train import metrics
@@ -190,22 +191,17 @@ class Trainer:
         self.log.say(distribute.describe(self.choice, self.strategy) + f", precision {self.policy}"
                      + (", XLA" if config.xla else ""))
 
-        previous_policy = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(self.policy)
-        try:
-            with self.strategy.scope():
-                self.model = models.build_model(config.model_type, config.model, self.spec)
-                optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay)
-                if loss_scaling:
-                    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-                optimizer.build(self.model.trainable_variables)
-                self.optimizer = optimizer
-                aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
-                self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
-                self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
-                self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
+        with core.global_dtype_policy(self.policy), self.strategy.scope():
+            self.model = models.build_model(config.model_type, config.model, self.spec)
+            optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay)
+            if loss_scaling:
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(self.model.trainable_variables)
+            self.optimizer = optimizer
+            aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
+            self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
+            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
         # The resolved thread count (0: TensorFlow's default, one per core), recorded in config.json.
         self.intra_op_threads = tf.config.threading.get_intra_op_parallelism_threads()
         self.microbatches = config.microbatches or distribute.auto_microbatches(

@@ -190,12 +190,8 @@ def test_mixed_precision_dien_attention_gives_float32_weights():
     states = tf.constant(rng.normal(size=[64, 10, 6]).astype("float32"))
     mask = tf.constant((rng.random([64, 10]) > 0.2).astype("float32"))
     exact = dien.DienAttention(6)
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with core.global_dtype_policy("mixed_bfloat16"):
         mixed = dien.DienAttention(6)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     exact(query, states, mask)
     mixed(query, states, mask)
     for target, source in zip(mixed.weights, exact.weights):

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from sim_tf.data import dataset as data
+from sim_tf.layers import core
 from sim_tf.models import losses, models
 
 USERS = [30, 7]  # two user features
@@ -45,13 +46,8 @@ def make_features(batch=6, long=8, short=5, lengths=None, seed=0, left_pad_long=
 def build(model_type, config=CONFIG, policy=None):
     """Builds a model; with ``policy`` every layer is created under that global dtype policy."""
     cls = {"sim": models.SIM, "dien": models.DIEN, "din": models.DIN}[model_type]
-    previous = keras.mixed_precision.global_policy()
-    if policy:
-        keras.mixed_precision.set_global_policy(policy)
-    try:
+    with core.global_dtype_policy(policy):
         return cls([u + 1 for u in USERS], [i + 1 for i in ITEMS], config)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
