@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sim_tf import bench
+from sim_tf.bench import suite as bench
 from sim_tf.errors import UserError
 
 
@@ -123,7 +123,7 @@ def test_sim_tf_path_runs_another_checkout(tmp_path):
 
 def test_step_time_reports_forward_backward_and_step(tiny_dataset):
     result = subprocess.run(
-        [sys.executable, "-m", "sim_tf.step_time", f"--dataset_dir={tiny_dataset.base_directory}",
+        [sys.executable, "-m", "sim_tf.bench.step_time", f"--dataset_dir={tiny_dataset.base_directory}",
          "--model_type=dien", "--global_batch_size=64", "--long_seq_length=15", "--repeats=2"],
         capture_output=True, text=True, timeout=300,
     )

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sim_tf import bench_compare
+from sim_tf.bench import compare as bench_compare
 from sim_tf.errors import UserError
 
 

@@ -12,9 +12,10 @@ import pytest
 import tensorflow as tf
 
 from sim_tf.data import dataset as data
+from sim_tf.data import inputs
 from sim_tf.models import models
 from sim_tf.train.metrics import roc_auc
-from sim_tf.train.trainer import variables_by_path
+from sim_tf.train.checkpoints import variables_by_path
 
 FLAGS = ["--long_seq_length=15", "--top_k=8", "--embedding_dim=8"]
 
@@ -31,11 +32,11 @@ def raw_test_batch(spec, n=300):
     ds = data.make_dataset(spec, "test", n, options=data.InputOptions(long_seq_length=15))
     features, label = next(iter(ds))
     raw = {}
-    for name, ids in zip(spec.user_features, features[data.USER]):
+    for name, ids in zip(spec.user_features, features[inputs.USER]):
         raw[name] = ids.numpy().astype(np.int64)
-    for name, ids in zip(spec.target_item_features, features[data.TARGET]):
+    for name, ids in zip(spec.target_item_features, features[inputs.TARGET]):
         raw[name] = ids.numpy().astype(np.int64)
-    for name, long, short in zip(spec.positive_history_features, features[data.LONG_HISTORY], features[data.SHORT_HISTORY]):
+    for name, long, short in zip(spec.positive_history_features, features[inputs.LONG_HISTORY], features[inputs.SHORT_HISTORY]):
         raw[name] = np.concatenate([long.numpy(), short.numpy()], axis=1).astype(np.int64)
     return raw, features, label.numpy()
 

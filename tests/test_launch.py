@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sim_tf import launch
+from sim_tf.launch import cluster as launch
 from sim_tf.errors import UserError
 
 

@@ -14,7 +14,7 @@ import time
 
 from absl import flags
 
-from sim_tf import bench
+from sim_tf.bench import suite as bench
 from sim_tf.data.atomic import atomic_write_text
 from sim_tf.errors import UserError
 from sim_tf.models import MODEL_TYPES

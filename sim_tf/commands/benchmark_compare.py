@@ -16,7 +16,8 @@ import os
 
 from absl import flags
 
-from sim_tf import bench, bench_compare
+from sim_tf.bench import compare as bench_compare
+from sim_tf.bench import suite as bench
 from sim_tf.data.atomic import atomic_write_text
 from sim_tf.errors import UserError
 

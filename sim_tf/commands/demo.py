@@ -16,13 +16,14 @@ import shutil
 
 from absl import flags
 
-from sim_tf import main as trainer  # defines the trainer's flags
 from sim_tf.data import amazon_raw
 from sim_tf.data import feature_spec as fs
 from sim_tf.data import synthetic
 from sim_tf.data.atomic import atomic_directory
+from sim_tf.train import flags as trainer_flags  # defines the trainer's flags
 
 FLAGS = flags.FLAGS
+FLAGS_MODULES = (trainer_flags.__name__,)
 flags.DEFINE_string("workdir", "sim_tf_demo", "Folder for the data (WORKDIR/data) and the results (WORKDIR/results).")
 flags.DEFINE_enum("source", "raw", ["raw", "synthetic"], "raw: synthesize Amazon-format raw files and run preprocess + convert; synthetic: write a TFRecord preset directly.")
 flags.DEFINE_enum("preset", "small", list(synthetic.PRESETS), "TFRecord preset for --source synthetic.")
@@ -100,4 +101,6 @@ def main(argv):
             FLAGS[flag].value = value
     print(f"training {FLAGS.model_type} for {FLAGS.epochs} epoch(s), batch {FLAGS.global_batch_size}, "
           f"lr {FLAGS.lr}, optimizer {FLAGS.optimizer}")
-    trainer.run("train")
+    from sim_tf.train import train_lib
+
+    train_lib.run(trainer_flags.config_from_flags("train"))

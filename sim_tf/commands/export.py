@@ -6,17 +6,18 @@ import os
 
 from absl import flags
 
-from sim_tf import main as trainer  # defines the model flags (same names and defaults as for training)
+from sim_tf.train import flags as trainer_flags  # the model flags: same names and defaults as for training
 from sim_tf.errors import UserError
 
 FLAGS = flags.FLAGS
+FLAGS_MODULES = (trainer_flags.__name__,)
 flags.DEFINE_string("output", None, "Folder to write the SavedModel to (must not exist yet, or use --overwrite).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output.")
 
 
 def main(argv):
     del argv
-    from sim_tf import export
+    from sim_tf.serve import export
     from sim_tf.data import feature_spec as fs
     from sim_tf.data.atomic import atomic_directory
 
@@ -24,10 +25,9 @@ def main(argv):
         raise UserError("--output is required: the folder for the SavedModel")
     if not FLAGS.load_checkpoint_path:
         raise UserError("--load_checkpoint_path is required: the checkpoint (or folder of them) to export")
-    config = trainer.config_from_flags("evaluate")
+    config = trainer_flags.config_from_flags("evaluate")
     spec = fs.FeatureSpec.from_yaml(os.path.join(config.dataset_dir, config.feature_spec))
-    if not 0 < config.long_seq_length < spec.history_length:
-        raise UserError(f"--long_seq_length {config.long_seq_length} must be between 1 and {spec.history_length - 1}")
+    config.validate_for(spec)
     model, path = export.restore_model(config.model_type, config.model, spec, config.load_checkpoint_path)
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
         export.export(model, spec, config.long_seq_length, staging,

@@ -12,7 +12,7 @@ import sys
 
 from absl import flags
 
-from sim_tf import launch
+from sim_tf.launch import cluster, local
 from sim_tf.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -30,12 +30,12 @@ def main(argv):
         raise UserError("usage: sim-tf launch local --num_workers N -- COMMAND [FLAGS] | "
                         "sim-tf launch tf-config (--workers H:P,... --index I | --slurm)")
     if argv[1] == "local":
-        code = launch.run_local(FLAGS.num_workers, argv[2:], grace_s=FLAGS.grace_s, timeout_s=FLAGS.timeout_s)
+        code = local.run_local(FLAGS.num_workers, argv[2:], grace_s=FLAGS.grace_s, timeout_s=FLAGS.timeout_s)
         sys.exit(code)
     if FLAGS.slurm:
-        config = launch.slurm_tf_config(port=FLAGS.port)
+        config = cluster.slurm_tf_config(port=FLAGS.port)
     else:
         if not FLAGS.workers or FLAGS.index is None:
             raise UserError("tf-config needs --workers HOST:PORT,... and --index I (or --slurm)")
-        config = launch.tf_config(FLAGS.workers, FLAGS.index)
+        config = cluster.tf_config(FLAGS.workers, FLAGS.index)
     print(json.dumps(config))

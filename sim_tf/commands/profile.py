@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from sim_tf import profile_summary
+from sim_tf.bench import profile_summary
 from sim_tf.errors import UserError
 
 FLAGS = flags.FLAGS

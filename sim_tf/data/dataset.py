@@ -1,15 +1,7 @@
 """The TFRecord input pipeline: FeatureSpec + mapping -> a batched tf.data.Dataset of model inputs.
 
-Each element is ``(features, label)``:
-
-* ``label``: float32 [B].
-* ``features["user_features"]``: tuple of int32 [B], one per user feature.
-* ``features["target_item_features"]``: tuple of int32 [B], one per item feature.
-* ``features["long_history"]``: tuple of int32 [B, Ll], the oldest ``long_seq_length`` positions.
-* ``features["short_history"]``: tuple of int32 [B, Ls], the newest ``L - Ll`` positions.
-* ``features["short_neg_history"]``: tuple of int32 [B, Ls], the negative history's newest positions.
-* ``features["long_history_mask"]`` / ``features["short_history_mask"]``: float32, 1 where the
-  first positive-history feature is a real behaviour (id > 0), 0 on left padding.
+Each element is ``(features, label)``: ``features`` is the model's input dict, built by
+:func:`sim_tf.data.inputs.model_inputs` (its keys and shapes are documented there), ``label`` float32 [B].
 
 Two record layouts are read: one sample per ``tf.train.Example`` and the recipe's *prebatched* layout
 (P samples per Example, histories sample-major, a partial batch in ``remainder.tfrecord``). Records are
@@ -19,39 +11,14 @@ batched first and parsed a batch at a time, which is several times faster than p
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import tensorflow as tf
 
 from sim_tf.data import feature_spec as fs
-from sim_tf.errors import UserError
+from sim_tf.data.inputs import DataError, model_inputs
 
 AUTOTUNE = tf.data.AUTOTUNE
-USER = "user_features"
-TARGET = "target_item_features"
-LONG_HISTORY = "long_history"
-SHORT_HISTORY = "short_history"
-SHORT_NEG_HISTORY = "short_neg_history"
-LONG_MASK = "long_history_mask"
-SHORT_MASK = "short_history_mask"
-
-
-class DataError(UserError):
-    """A dataset whose records do not match its FeatureSpec, or ids outside their vocabulary."""
-
-
-_ID_CHECK_PREFIX = "feature"
-_ASSERTION = re.compile(r"assertion failed: (\[.*?\])\s*(?:\n|\[\[|$)", re.S)
-
-
-def explain_data_error(error: tf.errors.OpError) -> DataError | None:
-    """Turns the input pipeline's id-range assertion (raised deep inside tf.data) into a DataError."""
-    match = _ASSERTION.search(error.message or "")
-    if not match:
-        return None
-    parts = re.findall(r"\[([^\[\]]*)\]", match.group(1))
-    return DataError(" ".join(p.strip() for p in parts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +57,6 @@ class InputOptions:
             raise ValueError(f"out_of_range must be one of {fs.OUT_OF_RANGE_POLICIES}, got {self.out_of_range!r}")
         if self.prebatch_size is not None and self.prebatch_size < 1:
             raise ValueError(f"prebatch_size must be >= 1, got {self.prebatch_size}")
-
-
-def embedding_rows(cardinality: int, out_of_range: str) -> int:
-    """Rows of an embedding table: ids 0 (padding) .. cardinality, plus one OOV row if asked for."""
-    return cardinality + 1 + (1 if out_of_range == "oov" else 0)
 
 
 def _parse_spec(spec: fs.FeatureSpec, ragged: bool, negative_history: bool = True) -> dict[str, Any]:
@@ -171,73 +133,6 @@ def sample_count(spec: fs.FeatureSpec, mapping: str) -> int:
     return int(total.numpy())
 
 
-def checked_ids(values: tf.Tensor, name: str, cardinality: int, out_of_range: str) -> tf.Tensor:
-    """int64 ids -> int32 ids, with ids outside 0..cardinality mapped to the OOV row (policy "oov") or
-    stopping the graph with a message naming the feature (policy "error"; see explain_data_error)."""
-    if out_of_range == "oov":
-        bad = (values < 0) | (values > cardinality)
-        values = tf.where(bad, tf.constant(cardinality + 1, values.dtype), values)
-    else:
-        low = tf.reduce_min(values)
-        high = tf.reduce_max(values)
-        check = tf.debugging.Assert(
-            (low >= 0) & (high <= cardinality),
-            [
-                f"{_ID_CHECK_PREFIX} {name} has ids outside 0..{cardinality}; smallest and largest in the batch:",
-                low,
-                high,
-                "- fix the data, or set out_of_range_ids: oov in the FeatureSpec metadata to map such ids "
-                "to an out-of-vocabulary row",
-            ],
-            name=f"check_ids_{name}",
-        )
-        with tf.control_dependencies([check]):
-            values = tf.identity(values)
-    return tf.cast(values, tf.int32)
-
-
-class _Transform:
-    """Parsed int64 features -> the model's nested dict (casts, range checks, history split, masks)."""
-
-    def __init__(self, spec: fs.FeatureSpec, long_seq_length: int, out_of_range: str):
-        length = spec.history_length
-        if not 0 < long_seq_length < length:
-            raise ValueError(
-                f"long_seq_length {long_seq_length} must be between 1 and the history length minus 1 "
-                f"({length - 1}); the dataset's histories have {length} positions"
-            )
-        self.spec = spec
-        self.long = long_seq_length
-        self.out_of_range = out_of_range
-
-    def _ids(self, values: tf.Tensor, name: str) -> tf.Tensor:
-        return checked_ids(values, name, self.spec.cardinality(name), self.out_of_range)
-
-    def __call__(self, parsed: dict[str, tf.Tensor]):
-        spec = self.spec
-        length = spec.history_length
-        label = tf.cast(tf.reshape(parsed[spec.label_feature], [-1]), tf.float32)
-        users = tuple(self._ids(tf.reshape(parsed[n], [-1]), n) for n in spec.user_features)
-        targets = tuple(self._ids(tf.reshape(parsed[n], [-1]), n) for n in spec.target_item_features)
-        positives = [self._ids(tf.reshape(parsed[n], [-1, length]), n) for n in spec.positive_history_features]
-        negatives = [
-            self._ids(tf.reshape(parsed[n], [-1, length])[:, self.long :], n)
-            for n in spec.negative_history_features
-            if n in parsed
-        ]
-        mask = tf.cast(positives[0] > 0, tf.float32)
-        features = {
-            USER: users,
-            TARGET: targets,
-            LONG_HISTORY: tuple(p[:, : self.long] for p in positives),
-            SHORT_HISTORY: tuple(p[:, self.long :] for p in positives),
-            SHORT_NEG_HISTORY: tuple(negatives),
-            LONG_MASK: mask[:, : self.long],
-            SHORT_MASK: mask[:, self.long :],
-        }
-        return features, label
-
-
 def _records(files: list[str], pipelines: int, pipeline_id: int, reads: int, options: InputOptions,
              shuffle_files: bool) -> tf.data.Dataset:
     """The serialized records of one input pipeline's share of ``files``."""
@@ -284,7 +179,11 @@ def make_dataset(
         batch_size, pipelines, pipeline_id = global_batch_size, 1, 0
     shuffle = (mapping == "train") if options.shuffle is None else options.shuffle
     out_of_range = options.out_of_range or spec.out_of_range_ids
-    transform = _Transform(spec, options.long_seq_length, out_of_range)
+
+    def transform(parsed):
+        label = tf.cast(tf.reshape(parsed[spec.label_feature], [-1]), tf.float32)
+        return model_inputs(parsed, spec, options.long_seq_length, out_of_range), label
+
     prebatch = options.prebatch_size or inspect_layout(spec, mapping)
 
     files = spec.files(mapping)

@@ -29,6 +29,8 @@ from typing import Callable
 
 import numpy as np
 
+from sim_tf.data import tfrecord_writer as tw
+
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
@@ -169,14 +171,14 @@ def _split(config: SyntheticConfig, catalogue: _Catalogue, interests: np.ndarray
 
     targets = np.concatenate([positive_items, negative_items])
     columns = {
-        "label": np.concatenate([np.ones(pairs, np.int64), np.zeros(pairs, np.int64)]),
-        "user_feat_0": both(users),
-        "item_feat_0_trgt": targets,
-        "item_feat_1_trgt": catalogue.category_of_item[targets],
-        "item_feat_0_pos": both(history_items),
-        "item_feat_1_pos": both(history_categories),
-        "item_feat_0_neg": both(negative_history),
-        "item_feat_1_neg": both(negative_history_categories),
+        tw.LABEL: np.concatenate([np.ones(pairs, np.int64), np.zeros(pairs, np.int64)]),
+        tw.user_feature(0): both(users),
+        tw.item_feature(0, tw.TARGET): targets,
+        tw.item_feature(1, tw.TARGET): catalogue.category_of_item[targets],
+        tw.item_feature(0, tw.HISTORY): both(history_items),
+        tw.item_feature(1, tw.HISTORY): both(history_categories),
+        tw.item_feature(0, tw.NEGATIVE_HISTORY): both(negative_history),
+        tw.item_feature(1, tw.NEGATIVE_HISTORY): both(negative_history_categories),
     }
     order = rng.permutation(2 * pairs)
     return {k: np.ascontiguousarray(v[order]).astype(np.int64) for k, v in columns.items()}
@@ -203,18 +205,16 @@ def synthesize(
     log: Callable[[str], None] | None = print,
 ):
     """Generates a dataset and writes it (TFRecord shards + feature_spec.yaml); returns the FeatureSpec."""
-    from sim_tf.data import tfrecord_writer
-
     started = time.perf_counter()
     splits = generate(config)
     if log:
         log(f"generated {config.train_samples:,} train and {config.test_samples:,} test samples in "
             f"{time.perf_counter() - started:.1f}s")
     metadata = {
-        "samples": {name: int(len(cols["label"])) for name, cols in splits.items()},
+        "samples": {name: int(len(cols[tw.LABEL])) for name, cols in splits.items()},
         "generator": {"kind": "sim_tf.synthetic", **dataclasses.asdict(config)},
     }
-    return tfrecord_writer.write_dataset(
+    return tw.write_dataset(
         output_dir,
         splits,
         user_cardinalities=[config.users],

@@ -11,13 +11,46 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from sim_tf.data import feature_spec as fs
 
 _MAX_VARINT_BYTES = 10
+LABEL = "label"
+
+
+def user_feature(index: int) -> str:
+    return f"user_feat_{index}"
+
+
+TARGET, HISTORY, NEGATIVE_HISTORY = "trgt", "pos", "neg"  # the roles of an item feature
+
+
+def item_base(index: int) -> str:
+    """The name item feature ``index``'s three features share before their role suffix."""
+    return f"item_feat_{index}"
+
+
+def item_feature(index: int, role: str) -> str:
+    """The item feature ``index`` in ``role`` (TARGET, HISTORY or NEGATIVE_HISTORY)."""
+    return f"{item_base(index)}_{role}"
+
+
+def feature_names(num_user_features: int, num_item_features: int) -> list[str]:
+    """Every feature of a dataset, named as the recipe's converter names them, in record order:
+    label, user features, target item features, positive then negative history features."""
+    return ([LABEL] + [user_feature(i) for i in range(num_user_features)]
+            + [item_feature(i, role) for role in (TARGET, HISTORY, NEGATIVE_HISTORY) for i in range(num_item_features)])
+
+
+def shard_file(split: str, index: int) -> str:
+    return f"{split}/part_{index:04d}.tfrecord"
+
+
+def remainder_file(split: str) -> str:
+    return f"{split}/remainder.tfrecord"
 
 
 def _varint_width(values: np.ndarray) -> int:
@@ -121,6 +154,82 @@ def write_tfrecords(
     return records
 
 
+class ShardWriter:
+    """Streams the samples of one split into ``parts`` TFRecord files of about equal size, P samples per
+    record: ``SPLIT/part_0000.tfrecord`` ... in row order, and a final partial record (fewer than P
+    samples) in ``SPLIT/remainder.tfrecord``, the recipe's layout. :meth:`close` returns the files written,
+    relative to ``folder``."""
+
+    def __init__(self, folder: str, split: str, total_rows: int, parts: int, prebatch: int):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.folder = folder
+        self.split = split
+        self.prebatch = prebatch
+        records = total_rows // prebatch
+        self.parts = max(1, min(parts, records)) if records else 1
+        self.bounds = (np.linspace(0, records, self.parts + 1).astype(np.int64) * prebatch)[1:]
+        self.part = 0
+        self.written = 0
+        self.files: list[str] = []
+        self.pending: dict[str, list[np.ndarray]] = {}
+        self.pending_rows = 0
+        self.writer = None
+        tf.io.gfile.makedirs(os.path.join(folder, split))
+
+    def _open(self):
+        rel = shard_file(self.split, self.part)
+        self.files.append(rel)
+        self.writer = self.tf.io.TFRecordWriter(os.path.join(self.folder, rel))
+
+    def add(self, columns: dict[str, np.ndarray]):
+        for name, values in columns.items():
+            self.pending.setdefault(name, []).append(values)
+        self.pending_rows += len(next(iter(columns.values())))
+        self._drain()
+
+    def _drain(self):
+        """Writes every whole record that fits the current parts; keeps the rest pending."""
+        if not self.pending_rows:
+            return
+        merged = {k: np.concatenate(v) for k, v in self.pending.items()}
+        n, offset = self.pending_rows, 0
+        while self.part < self.parts:
+            end = int(self.bounds[self.part])
+            take = min(end - self.written, ((n - offset) // self.prebatch) * self.prebatch)
+            if take <= 0:
+                break
+            if self.writer is None:
+                self._open()
+            chunk = {k: v[offset : offset + take].reshape(take // self.prebatch, -1) for k, v in merged.items()}
+            for record in encode_examples(chunk):
+                self.writer.write(record)
+            offset += take
+            self.written += take
+            if self.written == end:
+                self.writer.close()
+                self.writer = None
+                self.part += 1
+        self.pending = {k: [v[offset:]] for k, v in merged.items()}
+        self.pending_rows = n - offset
+
+    def close(self) -> list[str]:
+        self._drain()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.pending_rows:  # fewer than one record's worth: the recipe's remainder.tfrecord
+            rest = {k: np.concatenate(v).reshape(1, -1) for k, v in self.pending.items()}
+            rel = remainder_file(self.split)
+            with self.tf.io.TFRecordWriter(os.path.join(self.folder, rel)) as writer:
+                writer.write(encode_examples(rest)[0])
+            self.files.append(rel)
+            self.written += self.pending_rows
+            self.pending, self.pending_rows = {}, 0
+        return self.files
+
+
 def write_dataset(
     output_dir: str,
     splits: Mapping[str, Mapping[str, np.ndarray]],
@@ -131,12 +240,12 @@ def write_dataset(
     prebatch_size: int = 1,
     metadata: dict | None = None,
     log=None,
+    chunk_rows: int = 65536,
 ) -> fs.FeatureSpec:
     """Writes ``splits`` (mapping -> feature name -> array) as TFRecord shards plus feature_spec.yaml.
 
-    Feature names follow the recipe's converter (``label``, ``user_feat_0``, ``item_feat_0_trgt``,
-    ``item_feat_0_pos``, ``item_feat_0_neg`` ...). Rows are split into ``num_files`` contiguous shards
-    (file order is row order); with prebatching, a final partial batch goes to ``remainder.tfrecord``.
+    Feature names are :func:`feature_names`'. Rows are split into ``num_files`` contiguous shards
+    (file order is row order) by :class:`ShardWriter`.
     Returns the validated FeatureSpec.
     """
     import tensorflow as tf
@@ -149,32 +258,18 @@ def write_dataset(
         for name, values in columns.items():
             if len(values) != n:
                 raise ValueError(f"split {mapping!r}: column {name!r} has {len(values)} rows, expected {n}")
-        full = (n // prebatch_size) * prebatch_size
-        records = full // prebatch_size
-        count = max(1, min(count, records)) if records else 1
-        bounds = np.linspace(0, records, count + 1).astype(np.int64) * prebatch_size
-        names: list[str] = []
         started = time.perf_counter()
-        for shard in range(count):
-            rel = f"{mapping}/part_{shard:04d}.tfrecord"
-            tf.io.gfile.makedirs(os.path.join(output_dir, mapping))
-            lo, hi = bounds[shard], bounds[shard + 1]
-            write_tfrecords(
-                os.path.join(output_dir, rel), {k: v[lo:hi] for k, v in columns.items()}, prebatch_size=prebatch_size
-            )
-            names.append(rel)
-        if full < n:
-            rel = f"{mapping}/remainder.tfrecord"
-            write_tfrecords(os.path.join(output_dir, rel), {k: v[full:] for k, v in columns.items()}, prebatch_size=n - full)
-            names.append(rel)
-        files[mapping] = names
+        writer = ShardWriter(output_dir, mapping, n, count, prebatch_size)
+        for start in range(0, n, chunk_rows):
+            writer.add({k: np.asarray(v[start:start + chunk_rows]) for k, v in columns.items()})
+        files[mapping] = writer.close()
         if log is not None:
             elapsed = time.perf_counter() - started
-            log(f"wrote {n} {mapping} samples in {len(names)} file(s), {n / max(elapsed, 1e-9):,.0f} samples/s")
+            log(f"wrote {n} {mapping} samples in {len(files[mapping])} file(s), {n / max(elapsed, 1e-9):,.0f} samples/s")
     meta = dict(metadata or {})
     if prebatch_size > 1:
         meta["prebatch_size"] = int(prebatch_size)
-    spec = fs.make_feature_spec(
+    spec = make_feature_spec(
         user_cardinalities,
         item_cardinalities,
         history_length,
@@ -186,3 +281,54 @@ def write_dataset(
     )
     spec.to_yaml(os.path.join(output_dir, fs.DEFAULT_FEATURE_SPEC_NAME))
     return spec
+
+
+def make_feature_spec(
+    user_cardinalities: Iterable[int],
+    item_cardinalities: Iterable[int],
+    history_length: int,
+    train_files: Iterable[str],
+    test_files: Iterable[str],
+    user_names: Iterable[str] | None = None,
+    item_names: Iterable[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    base_directory: str = ".",
+    check_files: bool = True,
+) -> FeatureSpec:
+    """Builds a spec in the recipe converter's naming (``user_feat_0``, ``item_feat_0_trgt`` ...)."""
+    user_cardinalities = list(user_cardinalities)
+    item_cardinalities = list(item_cardinalities)
+    user_names = list(user_names) if user_names is not None else [user_feature(i) for i in range(len(user_cardinalities))]
+    item_names = list(item_names) if item_names is not None else [item_base(i) for i in range(len(item_cardinalities))]
+    feature_spec: dict[str, dict[str, Any]] = {LABEL: {"dtype": "bool"}}
+    for name, card in zip(user_names, user_cardinalities):
+        feature_spec[name] = {"dtype": "int64", "cardinality": int(card)}
+    channel_spec: dict[str, list[str]] = {
+        fs.LABEL_CHANNEL: [LABEL],
+        fs.USER_FEATURES_CHANNEL: list(user_names),
+        fs.TARGET_ITEM_FEATURES_CHANNEL: [],
+        fs.POSITIVE_HISTORY_CHANNEL: [],
+        fs.NEGATIVE_HISTORY_CHANNEL: [],
+    }
+    for name, card in zip(item_names, item_cardinalities):
+        for channel, suffix in (
+            (fs.TARGET_ITEM_FEATURES_CHANNEL, TARGET),
+            (fs.POSITIVE_HISTORY_CHANNEL, HISTORY),
+            (fs.NEGATIVE_HISTORY_CHANNEL, NEGATIVE_HISTORY),
+        ):
+            feature = f"{name}_{suffix}"
+            props: dict[str, Any] = {"dtype": "int64", "cardinality": int(card)}
+            if channel != fs.TARGET_ITEM_FEATURES_CHANNEL:
+                props["dimensions"] = [int(history_length)]
+            feature_spec[feature] = props
+            channel_spec[channel].append(feature)
+    order = [n for c in fs.CHANNELS for n in channel_spec[c]]
+    source_spec = {
+        "train": [{"type": "tfrecord", "features": list(order), "files": list(train_files)}],
+        "test": [{"type": "tfrecord", "features": list(order), "files": list(test_files)}],
+    }
+    return fs.FeatureSpec.from_dict(
+        {"feature_spec": feature_spec, "source_spec": source_spec, "channel_spec": channel_spec, "metadata": metadata or {}},
+        base_directory=base_directory,
+        check_files=check_files,
+    )

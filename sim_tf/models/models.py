@@ -23,7 +23,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from sim_tf.data import dataset as data
+from sim_tf.data import inputs as keys
 from sim_tf.data import feature_spec as fs
 from sim_tf.layers.core import ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, masked_mean
 from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
@@ -89,7 +89,7 @@ class CtrModel(keras.Model):
             table.build()
 
     def embed_user(self, features) -> tf.Tensor:
-        return tf.concat([t.lookup(ids) for t, ids in zip(self.user_tables, features[data.USER])], axis=-1)
+        return tf.concat([t.lookup(ids) for t, ids in zip(self.user_tables, features[keys.USER])], axis=-1)
 
     def item_sources(self) -> list:
         """Each item table's lookup source for this step (see EmbeddingTable.source), shared by its lookups."""
@@ -140,8 +140,8 @@ class _DienBlock:
 
     def _dien(self, query, features, training, sources):
         """(final interest state, auxiliary outputs); the auxiliary network runs only when training."""
-        short = tf.transpose(self.embed_items(features[data.SHORT_HISTORY], sources), [1, 0, 2])  # [T, B, D]
-        mask = tf.cast(features[data.SHORT_MASK], short.dtype)
+        short = tf.transpose(self.embed_items(features[keys.SHORT_HISTORY], sources), [1, 0, 2])  # [T, B, D]
+        mask = tf.cast(features[keys.SHORT_MASK], short.dtype)
         # Time-major [T, B, H] between the layers: the AUGRU runs step by step and the attention is
         # per position, so no [B, T, H] transposes are needed.
         states, _ = self.gru(short, mask, time_major_input=True, time_major_output=True)
@@ -149,7 +149,7 @@ class _DienBlock:
         final = self.augru(states, mask, attention, time_major_input=True)
         if not training:
             return final, {}
-        short_neg = self.embed_items(features[data.SHORT_NEG_HISTORY], sources)
+        short_neg = self.embed_items(features[keys.SHORT_NEG_HISTORY], sources)
         # Interest state t predicts behaviour t + 1. tf.split, not x[1:]: a strided slice's gradient is
         # a zero-filled copy of the whole tensor, which cost ~20 ms per slice here.
         steps = short.shape[0]
@@ -160,7 +160,7 @@ class _DienBlock:
         aux = {
             "aux_click_logits": click_logits,
             "aux_noclick_logits": noclick_logits,
-            "aux_pair_mask": tf.cast(features[data.SHORT_MASK][:, :-1] * features[data.SHORT_MASK][:, 1:], tf.float32),
+            "aux_pair_mask": keys.aux_pair_mask(features[keys.SHORT_MASK]),
         }
         return final, aux
 
@@ -183,12 +183,12 @@ class DIN(CtrModel):
 
     def call(self, features, training=False):
         sources = self.item_sources()
-        query = self.embed_items(features[data.TARGET], sources)
+        query = self.embed_items(features[keys.TARGET], sources)
         history = self.embed_items(
-            [tf.concat([a, b], axis=1) for a, b in zip(features[data.LONG_HISTORY], features[data.SHORT_HISTORY])],
+            [tf.concat([a, b], axis=1) for a, b in zip(features[keys.LONG_HISTORY], features[keys.SHORT_HISTORY])],
             sources,
         )
-        mask = tf.concat([features[data.LONG_MASK], features[data.SHORT_MASK]], axis=1)
+        mask = tf.concat([features[keys.LONG_MASK], features[keys.SHORT_MASK]], axis=1)
         pooled, _ = self.attention(query, history, mask)
         user = self.embed_user(features)
         logit = self.head(tf.concat([query, pooled, user], axis=-1), training=training)
@@ -213,7 +213,7 @@ class DIEN(_DienBlock, CtrModel):
 
     def call(self, features, training=False):
         sources = self.item_sources()
-        query = self.embed_items(features[data.TARGET], sources)
+        query = self.embed_items(features[keys.TARGET], sources)
         final, aux = self._dien(query, features, training, sources)
         user = self.embed_user(features)
         logit = self.head(tf.concat([query, final, user], axis=-1), training=training)
@@ -251,10 +251,10 @@ class SIM(_DienBlock, CtrModel):
 
     def call(self, features, training=False):
         sources = self.item_sources()
-        query = self.embed_items(features[data.TARGET], sources)
+        query = self.embed_items(features[keys.TARGET], sources)
         user = self.embed_user(features)
-        long_history = self.embed_items(features[data.LONG_HISTORY], sources)
-        long_mask = tf.cast(features[data.LONG_MASK], long_history.dtype)
+        long_history = self.embed_items(features[keys.LONG_HISTORY], sources)
+        long_mask = tf.cast(features[keys.LONG_MASK], long_history.dtype)
         stage_one = {}
         if training:
             pooled_long, scores = self.gsu_attention(query, long_history, long_mask)
@@ -312,6 +312,6 @@ def build_model(model_type: str, config: ModelConfig, spec: fs.FeatureSpec, out_
     if model_type not in _MODELS:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     policy = out_of_range or spec.out_of_range_ids
-    users = [data.embedding_rows(c, policy) for c in spec.user_cardinalities]
-    items = [data.embedding_rows(g.cardinality, policy) for g in spec.item_groups]
+    users = [keys.embedding_rows(c, policy) for c in spec.user_cardinalities]
+    items = [keys.embedding_rows(g.cardinality, policy) for g in spec.item_groups]
     return _MODELS[model_type](users, items, config, name=model_type)

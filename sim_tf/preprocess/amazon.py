@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from sim_tf.errors import UserError
-from sim_tf.preprocess.progress import Progress
+from sim_tf.progress import Progress
 
 NO_CATEGORY = "no category"
 COLUMNS = ("label", "uid", "item", "cat", "item_sequence", "cat_sequence", "neg_item_sequence", "neg_cat_sequence")

@@ -24,7 +24,7 @@ import numpy as np
 from sim_tf.data import feature_spec as fs
 from sim_tf.data import tfrecord_writer
 from sim_tf.errors import UserError
-from sim_tf.preprocess.progress import Progress
+from sim_tf.progress import Progress
 
 COLUMN_MODES = ("by_position", "by_name")
 
@@ -52,20 +52,20 @@ def read_metadata(folder: str, user_features: int) -> tuple[list[tuple[str, int]
     return entries[:user_features], entries[user_features:]
 
 
-def _files(folder: str, split: str) -> list[str]:
-    files = sorted(glob.glob(os.path.join(folder, split, "*.parquet")), key=_natural_key)
+def parquet_files(folder: str, split: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(folder, split, "*.parquet")), key=natural_key)
     if not files:
         raise UserError(f"no parquet files in {os.path.join(folder, split)!r}")
     return files
 
 
-def _natural_key(path: str):
+def natural_key(path: str):
     import re
 
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
 
 
-def _column_names(schema_names: list[str], users, items, mode: str, path: str) -> list[str]:
+def column_names(schema_names: list[str], users, items, mode: str, path: str) -> list[str]:
     """The source column of each output feature, in output order."""
     wanted = 1 + len(users) + 3 * len(items)
     if mode == "by_position":
@@ -83,7 +83,7 @@ def _column_names(schema_names: list[str], users, items, mode: str, path: str) -
     return names
 
 
-def _pad_lists(column, length: int, name: str, path: str) -> np.ndarray:
+def pad_lists(column, length: int, name: str, path: str) -> np.ndarray:
     """A list<int> arrow column -> [rows, length] int64: keep the last `length`, left-pad with 0."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -106,7 +106,7 @@ def _pad_lists(column, length: int, name: str, path: str) -> np.ndarray:
     return out
 
 
-def _scalar(column, name: str, path: str) -> np.ndarray:
+def scalar_column(column, name: str, path: str) -> np.ndarray:
     import pyarrow as pa
 
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
@@ -132,79 +132,6 @@ def _check_range(values: np.ndarray, cardinality: int, name: str, path: str) -> 
         )
 
 
-class _ShardWriter:
-    """Streams samples into `parts` TFRecord files of about equal size, P samples per record."""
-
-    def __init__(self, folder: str, split: str, total_rows: int, parts: int, prebatch: int):
-        import tensorflow as tf
-
-        self.tf = tf
-        self.folder = folder
-        self.split = split
-        self.prebatch = prebatch
-        records = total_rows // prebatch
-        self.parts = max(1, min(parts, records)) if records else 1
-        self.bounds = (np.linspace(0, records, self.parts + 1).astype(np.int64) * prebatch)[1:]
-        self.part = 0
-        self.written = 0
-        self.files: list[str] = []
-        self.pending: dict[str, list[np.ndarray]] = {}
-        self.pending_rows = 0
-        self.writer = None
-        tf.io.gfile.makedirs(os.path.join(folder, split))
-
-    def _open(self):
-        rel = f"{self.split}/part_{self.part:04d}.tfrecord"
-        self.files.append(rel)
-        self.writer = self.tf.io.TFRecordWriter(os.path.join(self.folder, rel))
-
-    def add(self, columns: dict[str, np.ndarray]):
-        for name, values in columns.items():
-            self.pending.setdefault(name, []).append(values)
-        self.pending_rows += len(next(iter(columns.values())))
-        self._drain()
-
-    def _drain(self):
-        """Writes every whole record that fits the current parts; keeps the rest pending."""
-        if not self.pending_rows:
-            return
-        merged = {k: np.concatenate(v) for k, v in self.pending.items()}
-        n, offset = self.pending_rows, 0
-        while self.part < self.parts:
-            end = int(self.bounds[self.part])
-            take = min(end - self.written, ((n - offset) // self.prebatch) * self.prebatch)
-            if take <= 0:
-                break
-            if self.writer is None:
-                self._open()
-            chunk = {k: v[offset : offset + take].reshape(take // self.prebatch, -1) for k, v in merged.items()}
-            for record in tfrecord_writer.encode_examples(chunk):
-                self.writer.write(record)
-            offset += take
-            self.written += take
-            if self.written == end:
-                self.writer.close()
-                self.writer = None
-                self.part += 1
-        self.pending = {k: [v[offset:]] for k, v in merged.items()}
-        self.pending_rows = n - offset
-
-    def close(self) -> list[str]:
-        self._drain()
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-        if self.pending_rows:  # fewer than one record's worth: the recipe's remainder.tfrecord
-            rest = {k: np.concatenate(v).reshape(1, -1) for k, v in self.pending.items()}
-            rel = f"{self.split}/remainder.tfrecord"
-            with self.tf.io.TFRecordWriter(os.path.join(self.folder, rel)) as writer:
-                writer.write(tfrecord_writer.encode_examples(rest)[0])
-            self.files.append(rel)
-            self.written += self.pending_rows
-            self.pending, self.pending_rows = {}, 0
-        return self.files
-
-
 def convert(
     input_dir: str,
     output_dir: str,
@@ -224,35 +151,32 @@ def convert(
     if history_length < 1 or prebatch_size < 1:
         raise UserError("--history_length and --prebatch_size must be >= 1")
     users, items = read_metadata(input_dir, number_of_user_features)
-    feature_names = ["label"] + [f"user_feat_{i}" for i in range(len(users))]
-    feature_names += [f"item_feat_{i}_trgt" for i in range(len(items))]
-    feature_names += [f"item_feat_{i}_pos" for i in range(len(items))]
-    feature_names += [f"item_feat_{i}_neg" for i in range(len(items))]
+    feature_names = tfrecord_writer.feature_names(len(users), len(items))
     cardinalities = [None] + [c for _, c in users] + [c for _, c in items] * 3
     samples = {}
     files = {}
     for split, parts in (("train", train_parts), ("test", test_parts)):
-        sources = _files(input_dir, split)
+        sources = parquet_files(input_dir, split)
         total = 0
         for path in sources:
             try:
                 total += pq.ParquetFile(path).metadata.num_rows
             except Exception as e:  # pyarrow raises several kinds for a broken file
                 raise UserError(f"{path} is not a readable parquet file: {e}") from None
-        writer = _ShardWriter(output_dir, split, total, parts, prebatch_size)
+        writer = tfrecord_writer.ShardWriter(output_dir, split, total, parts, prebatch_size)
         progress = Progress(f"converting {split}", unit="rows")
         done = 0
         for path in sources:
             parquet = pq.ParquetFile(path)
-            names = _column_names(parquet.schema_arrow.names, users, items, columns, path)
+            names = column_names(parquet.schema_arrow.names, users, items, columns, path)
             for batch in parquet.iter_batches(batch_size=65536, columns=names):
                 out = {}
                 for index, (target, source) in enumerate(zip(feature_names, names)):
                     column = batch.column(source)
                     if index > len(users) + len(items):
-                        values = _pad_lists(column, history_length, source, path)
+                        values = pad_lists(column, history_length, source, path)
                     else:
-                        values = _scalar(column, source, path)
+                        values = scalar_column(column, source, path)
                     if index == 0:
                         if values.size and (values.min() < 0 or values.max() > 1):
                             raise UserError(f"{path}: label column {source!r} holds values other than 0 and 1")
@@ -267,7 +191,7 @@ def convert(
         if done == 0:
             raise UserError(f"the {split} parquet files in {os.path.join(input_dir, split)!r} hold no rows")
         progress.done(done)
-    spec = fs.make_feature_spec(
+    spec = tfrecord_writer.make_feature_spec(
         [c for _, c in users],
         [c for _, c in items],
         history_length,

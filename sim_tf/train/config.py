@@ -105,6 +105,17 @@ class TrainConfig:
             need(0 <= start < end, f"--profile_steps START,END needs 0 <= START < END, got {start},{end}")
         need(not (self.random_init and self.mode == "train"), "--random_init is for --mode inference or evaluate")
 
+    def validate_for(self, spec, replicas: int = 1) -> None:
+        """The checks that need the dataset (its history length) and the replica count."""
+        if not 0 < self.long_seq_length < spec.history_length:
+            raise UserError(
+                f"--long_seq_length {self.long_seq_length} must be between 1 and {spec.history_length - 1}: "
+                f"the dataset's histories have {spec.history_length} positions (L) and the short history "
+                f"is the last L - long_seq_length"
+            )
+        if self.global_batch_size % replicas:
+            raise UserError(f"--global_batch_size {self.global_batch_size} is not divisible by the {replicas} replicas")
+
     @property
     def tensorboard_path(self) -> str:
         return self.tensorboard_dir or os.path.join(self.results_dir, "tensorboard")

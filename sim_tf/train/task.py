@@ -1,4 +1,5 @@
-"""The per-replica maths: one training step and one evaluation step for a CTR model.
+"""The task, as in Model Garden: builds the model, the optimizer and the inputs, runs one step, and owns
+the CTR metrics. It knows nothing about the strategy, the loop, checkpoints or summaries.
 
 Loss scaling under a strategy: every replica divides its loss sums by the *global* number of samples
 and of auxiliary pairs (one small all-reduce of two counts), and Keras's optimizer sums the replicas'
@@ -8,12 +9,19 @@ for the last, partial batch, where replicas may hold different numbers of sample
 
 from __future__ import annotations
 
+import functools
+import os
+
 import keras
 import tensorflow as tf
 
 from sim_tf.data import dataset as data
-from sim_tf.models import losses
-from sim_tf.train.optimizers import LazyAdam, densify
+from sim_tf.data import feature_spec as fs
+from sim_tf.data import inputs
+from sim_tf.models import losses, models
+from sim_tf.train import metrics
+from sim_tf.train.config import TrainConfig
+from sim_tf.train.optimizers import LazyAdam, densify, make_optimizer
 
 # Keras's Adam and Adagrad square an IndexedSlices gradient row by row *before* duplicate ids are summed,
 # which is not Adam; densifying first (as the recipe does) gives the real update. SGD and LazyAdam sum
@@ -21,35 +29,109 @@ from sim_tf.train.optimizers import LazyAdam, densify
 DENSE_GRADIENT_OPTIMIZERS = (keras.optimizers.Adam, keras.optimizers.Adagrad)
 
 
-def _is_dense_optimizer(optimizer) -> bool:
-
+def needs_dense_gradients(optimizer) -> bool:
+    """Whether ``optimizer`` (or the one a LossScaleOptimizer wraps) must be given dense gradients."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return isinstance(inner, DENSE_GRADIENT_OPTIMIZERS) and not isinstance(inner, LazyAdam)
 
 
 class CtrTask:
-    """Owns the model and optimizer maths; knows nothing about files, flags or the loop."""
+    """CTR training for one model family (SIM, DIEN, DIN) on one FeatureSpec dataset.
 
-    def __init__(self, model: keras.Model, optimizer, loss_scaling: bool, xla: bool, num_replicas: int,
-                 microbatches: int = 1):
+    Call :meth:`build_model` and :meth:`create_optimizer` (inside the strategy's scope) before the steps.
+    ``microbatches`` splits each replica's training batch into independent forward/backward parts.
+    """
+
+    def __init__(self, config: TrainConfig, spec: fs.FeatureSpec, num_replicas: int = 1,
+                 loss_scaling: bool = False, microbatches: int = 1):
         if microbatches < 1:
             raise ValueError(f"microbatches must be >= 1, got {microbatches}")
-        self.model = model
-        self.microbatches = microbatches
-        self.optimizer = optimizer
-        self.loss_scaling = loss_scaling
+        self.config = config
+        self.spec = spec
         self.num_replicas = num_replicas
-        self.dense_gradients = _is_dense_optimizer(optimizer)
-        self._forward_backward = (
-            tf.function(self._forward_backward_impl, jit_compile=True) if xla else self._forward_backward_impl
+        self.loss_scaling = loss_scaling
+        self.microbatches = microbatches
+        self.model: keras.Model | None = None
+        self.optimizer = None
+        self.dense_gradients = False
+        # The training records cached in memory, shared by every epoch's pipeline (see input_options).
+        self._record_cache: dict = {}
+        self.forward_backward = (
+            tf.function(self._forward_backward_impl, jit_compile=True) if config.xla else self._forward_backward_impl
         )
-        self._predict = tf.function(self._predict_impl, jit_compile=True) if xla else self._predict_impl
+        self._predict = tf.function(self._predict_impl, jit_compile=True) if config.xla else self._predict_impl
 
+    # ------------------------------------------------------------------ building
+    def build_model(self) -> keras.Model:
+        self.model = models.build_model(self.config.model_type, self.config.model, self.spec)
+        return self.model
+
+    def create_optimizer(self):
+        """The optimizer (wrapped for dynamic loss scaling when asked), with its slots built."""
+        c = self.config
+        optimizer = make_optimizer(c.optimizer, c.lr, c.weight_decay)
+        if self.loss_scaling:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(self.model.trainable_variables)
+        self.optimizer = optimizer
+        self.dense_gradients = needs_dense_gradients(optimizer)
+        return optimizer
+
+    def sample_count(self, mapping: str) -> int:
+        return data.sample_count(self.spec, mapping)
+
+    @functools.cached_property
+    def train_fits_in_memory(self) -> bool:
+        """Caching keeps the serialized records in RAM; skip it when they would take over a quarter of it.
+
+        Decided once per run: it also fixes the file order, which must be the same in every epoch's
+        pipeline (and one stat per file is a network call on remote storage).
+        """
+        try:
+            size = sum(tf.io.gfile.stat(f).length for f in self.spec.files("train"))
+            pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, tf.errors.OpError):
+            return False
+        return size < pages / 4
+
+    def input_options(self, mapping: str, epoch: int, forever: bool = False) -> data.InputOptions:
+        """How ``mapping`` is read in ``epoch``; ``forever`` repeats it without end (benchmarks)."""
+        c = self.config
+        training = mapping == "train"
+        prefetch = c.prefetch_train_size if training else c.prefetch_test_size
+        prebatch = c.prebatch_train_size if training else c.prebatch_test_size
+        cacheable = c.cache and training and not c.benchmark and self.train_fits_in_memory
+        return data.InputOptions(
+            long_seq_length=c.long_seq_length,
+            # One seed per epoch (not one reshuffling stream), so a run resumed at epoch k sees the same
+            # order as an uninterrupted one.
+            seed=c.seed * 1009 + epoch,
+            shuffle=training,
+            shuffle_buffer=c.shuffle_buffer,
+            drop_remainder=c.drop_remainder and training,
+            # The cache only pays when this run reads the records again. The file order must not depend on
+            # the number of epochs, though, so a one-pass run reads in the cached runs' order.
+            cache=cacheable and c.epochs * max(1, c.repeat_count) > 1 and not forever,
+            fixed_file_order=cacheable,
+            repeat=0 if forever or (c.benchmark and training) else max(1, c.repeat_count) if training else 1,
+            prefetch=prefetch if prefetch > 0 else data.AUTOTUNE,
+            deterministic=True,
+            prebatch_size=prebatch or None,
+            negative_history=training,
+        )
+
+    def build_inputs(self, mapping: str, input_context: tf.distribute.InputContext | None = None,
+                     epoch: int = 0, forever: bool = False) -> tf.data.Dataset:
+        """One input pipeline's batches of ``mapping``: per replica under an ``input_context``."""
+        options = self.input_options(mapping, epoch, forever)
+        return data.make_dataset(self.spec, mapping, self.config.global_batch_size, input_context, options,
+                                 self._record_cache)
+
+    # ------------------------------------------------------------------ steps
     @staticmethod
     def local_counts(features, labels) -> tf.Tensor:
         """[samples, auxiliary pairs] of this replica's batch, as float32."""
-        mask = features[data.SHORT_MASK]
-        pairs = tf.reduce_sum(mask[:, :-1] * mask[:, 1:])
+        pairs = tf.reduce_sum(inputs.aux_pair_mask(features[inputs.SHORT_MASK]))
         return tf.stack([tf.cast(tf.shape(labels)[0], tf.float32), tf.cast(pairs, tf.float32)])
 
     @staticmethod
@@ -83,7 +165,7 @@ class CtrTask:
         features, labels = batch
         context = tf.distribute.get_replica_context()
         global_counts = context.all_reduce(tf.distribute.ReduceOp.SUM, self.local_counts(features, labels))
-        loss, grads = self._forward_backward(features, labels, global_counts)
+        loss, grads = self.forward_backward(features, labels, global_counts)
         if self.dense_gradients:
             grads = [densify(g) for g in grads]
         if self.loss_scaling and self.num_replicas > 1:
@@ -119,4 +201,14 @@ class CtrTask:
     def predict_step(self, batch):
         """(probabilities, labels, first user feature) of one replica's batch."""
         features, labels = batch
-        return self._predict(features), labels, features[data.USER][0]
+        return self._predict(features), labels, features[inputs.USER][0]
+
+    # ------------------------------------------------------------------ metrics
+    @staticmethod
+    def evaluate_predictions(labels, probabilities, users, curves: bool = False) -> dict:
+        """AUC, GAUC (grouped by user) and log loss of one pass; with ``curves``, ROC and PR points too."""
+        result = metrics.evaluate_predictions(labels, probabilities, users)
+        if curves:
+            result["roc"] = metrics.roc_curve(labels, probabilities)
+            result["pr"] = metrics.pr_curve(labels, probabilities)
+        return result

@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from sim_tf.data import dataset as data
 from sim_tf.data import feature_spec as fs
+from sim_tf.data import inputs
+from sim_tf.data import tfrecord_writer
 
 L = 6
 FEATURES = ["label", "user_feat_0", "item_feat_0_trgt", "item_feat_1_trgt", "item_feat_0_pos", "item_feat_1_pos",
@@ -57,7 +59,7 @@ def _hand_made(folder, n=40, files=4, prebatch=1, cardinality=1000):
             with tf.io.TFRecordWriter(os.path.join(folder, f"{mapping}_remainder.tfrecord")) as w:
                 w.write(_example([_sample(i) for i in ids[full:]]))
             rel[mapping].append(f"{mapping}_remainder.tfrecord")
-    spec = fs.make_feature_spec([n + 1], [cardinality, 3], L, rel["train"], rel["test"], base_directory=folder)
+    spec = tfrecord_writer.make_feature_spec([n + 1], [cardinality, 3], L, rel["train"], rel["test"], base_directory=folder)
     spec.to_yaml(os.path.join(folder, "feature_spec.yaml"))
     return fs.FeatureSpec.from_yaml(os.path.join(folder, "feature_spec.yaml"))
 
@@ -154,8 +156,8 @@ def test_out_of_range_ids_are_reported_with_feature_and_value(tmp_path):
     ds = data.make_dataset(spec, "test", 20, options=data.InputOptions(long_seq_length=4))
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         list(ds)
-    error = data.explain_data_error(info.value)
-    assert isinstance(error, data.DataError)
+    error = inputs.explain_data_error(info.value)
+    assert isinstance(error, inputs.DataError)
     assert str(error) == (
         "feature item_feat_0_trgt has ids outside 0..110; smallest and largest in the batch: 101 120 - fix the "
         "data, or set out_of_range_ids: oov in the FeatureSpec metadata to map such ids to an out-of-vocabulary row"
@@ -169,7 +171,7 @@ def test_out_of_range_ids_map_to_oov_row_on_request(tmp_path):
     targets = features["target_item_features"][0].numpy()
     users = features["user_features"][0].numpy()
     np.testing.assert_array_equal(targets, np.where(100 + users > 110, 111, 100 + users))
-    assert data.embedding_rows(110, "oov") == 112 and data.embedding_rows(110, "error") == 111
+    assert inputs.embedding_rows(110, "oov") == 112 and inputs.embedding_rows(110, "error") == 111
 
 
 def test_spec_and_records_disagree(tmp_path):
@@ -180,7 +182,7 @@ def test_spec_and_records_disagree(tmp_path):
     raw["feature_spec"]["item_feat_1_pos"]["dimensions"] = [7]
     raw["feature_spec"]["item_feat_1_neg"]["dimensions"] = [7]
     bad = fs.FeatureSpec.from_dict(raw, base_directory=str(tmp_path))
-    with pytest.raises(data.DataError, match="feature 'item_feat_0_pos' holds 6 values for 1 sample"):
+    with pytest.raises(inputs.DataError, match="feature 'item_feat_0_pos' holds 6 values for 1 sample"):
         data.make_dataset(bad, "train", 4, options=data.InputOptions(long_seq_length=4))
     with pytest.raises(ValueError, match="long_seq_length 6 must be between 1 and"):
         data.make_dataset(spec, "train", 4, options=data.InputOptions(long_seq_length=6))
@@ -189,11 +191,11 @@ def test_spec_and_records_disagree(tmp_path):
 def test_empty_and_corrupt_files(tmp_path):
     spec = _hand_made(tmp_path, n=8)
     open(spec.files("train")[0], "wb").close()
-    with pytest.raises(data.DataError, match="holds no records"):
+    with pytest.raises(inputs.DataError, match="holds no records"):
         data.make_dataset(spec, "train", 4, options=data.InputOptions(long_seq_length=4))
     with open(spec.files("train")[0], "wb") as f:
         f.write(b"this is not a tfrecord file at all")
-    with pytest.raises(data.DataError, match="not a readable TFRecord file"):
+    with pytest.raises(inputs.DataError, match="not a readable TFRecord file"):
         data.make_dataset(spec, "train", 4, options=data.InputOptions(long_seq_length=4))
 
 

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from sim_tf.data import feature_spec as fs
+from sim_tf.data import tfrecord_writer
 
 # The recipe README's example (names user_id, item_id_trgt, cat_id_pos, ...).
 README_SPEC = """
@@ -71,7 +72,7 @@ def test_converter_naming_round_trips(tmp_path):
     for name in ("train/part_0.tfrecord", "test/part_0.tfrecord"):
         os.makedirs(tmp_path / os.path.dirname(name), exist_ok=True)
         open(tmp_path / name, "wb").close()
-    spec = fs.make_feature_spec([7, 3], [50, 5], 12, ["train/part_0.tfrecord"], ["test/part_0.tfrecord"],
+    spec = tfrecord_writer.make_feature_spec([7, 3], [50, 5], 12, ["train/part_0.tfrecord"], ["test/part_0.tfrecord"],
                                 base_directory=str(tmp_path))
     assert spec.user_features == ["user_feat_0", "user_feat_1"]
     assert [g.target for g in spec.item_groups] == ["item_feat_0_trgt", "item_feat_1_trgt"]

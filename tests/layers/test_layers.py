@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from sim_tf.layers import core, dien
+from sim_tf.train import precision
 
 
 def test_masked_softmax_and_fully_masked_row():
@@ -190,7 +191,7 @@ def test_mixed_precision_dien_attention_gives_float32_weights():
     states = tf.constant(rng.normal(size=[64, 10, 6]).astype("float32"))
     mask = tf.constant((rng.random([64, 10]) > 0.2).astype("float32"))
     exact = dien.DienAttention(6)
-    with core.global_dtype_policy("mixed_bfloat16"):
+    with precision.global_dtype_policy("mixed_bfloat16"):
         mixed = dien.DienAttention(6)
     exact(query, states, mask)
     mixed(query, states, mask)

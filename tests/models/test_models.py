@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sim_tf.data import dataset as data
-from sim_tf.layers import core
+from sim_tf.data import inputs as data
+from sim_tf.train import precision
 from sim_tf.models import losses, models
 
 USERS = [30, 7]  # two user features
@@ -46,7 +46,7 @@ def make_features(batch=6, long=8, short=5, lengths=None, seed=0, left_pad_long=
 def build(model_type, config=CONFIG, policy=None):
     """Builds a model; with ``policy`` every layer is created under that global dtype policy."""
     cls = {"sim": models.SIM, "dien": models.DIEN, "din": models.DIN}[model_type]
-    with core.global_dtype_policy(policy):
+    with precision.global_dtype_policy(policy):
         return cls([u + 1 for u in USERS], [i + 1 for i in ITEMS], config)
 
 

@@ -10,7 +10,7 @@ from tests.models.test_models import build, make_features
 
 
 def _loss_and_gradients(task, features, labels):
-    loss, grads = task._forward_backward(features, labels, CtrTask.local_counts(features, labels))
+    loss, grads = task.forward_backward(features, labels, CtrTask.local_counts(features, labels))
     return float(loss), [tf.convert_to_tensor(g).numpy() for g in grads]
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sim_tf import distribute, profile_summary
+from sim_tf import distribute
+from sim_tf.bench import profile_summary
 from sim_tf.errors import UserError
 
 

@@ -19,10 +19,10 @@ import os
 
 import tensorflow as tf
 
-from sim_tf.data import dataset as data
 from sim_tf.data import feature_spec as fs
+from sim_tf.data.inputs import model_inputs
 from sim_tf.models import models
-from sim_tf.train.trainer import find_checkpoint, restore_model_weights, variables_by_path
+from sim_tf.train.checkpoints import find_checkpoint, restore_model_weights, variables_by_path
 
 
 class ServingModule(tf.Module):
@@ -41,22 +41,9 @@ class ServingModule(tf.Module):
                           for name in spec.positive_history_features})
         self.serve = tf.function(self._serve, input_signature=[signature])
 
-    def _ids(self, values, name):
-        return data.checked_ids(values, name, self.spec.cardinality(name), self.out_of_range)
-
     def _serve(self, inputs):
-        spec = self.spec
-        positives = [self._ids(inputs[n], n) for n in spec.positive_history_features]
-        mask = tf.cast(positives[0] > 0, tf.float32)
-        features = {
-            data.USER: tuple(self._ids(inputs[n], n) for n in spec.user_features),
-            data.TARGET: tuple(self._ids(inputs[n], n) for n in spec.target_item_features),
-            data.LONG_HISTORY: tuple(p[:, : self.long] for p in positives),
-            data.SHORT_HISTORY: tuple(p[:, self.long :] for p in positives),
-            data.SHORT_NEG_HISTORY: tuple(p[:, self.long :] for p in positives),  # unused in inference
-            data.LONG_MASK: mask[:, : self.long],
-            data.SHORT_MASK: mask[:, self.long :],
-        }
+        # The same builder as the training pipeline's; without negative histories, as in prediction.
+        features = model_inputs(inputs, self.spec, self.long, self.out_of_range)
         return {"probability": self.model(features, training=False)["prediction"]}
 
 

@@ -4,7 +4,7 @@ No input pipeline and no host loop, so a change to the model or the optimizer sh
 noise of parsing; the figures in BUILD_NOTES.md's lever table come from here. The machine's speed
 drifts by several percent from minute to minute, so each figure is the *minimum* of --repeats timings.
 
-    python -m sim_tf.step_time --dataset_dir DIR [--model_type sim] [--amp] [--xla] [--optimizer adam]
+    python -m sim_tf.bench.step_time --dataset_dir DIR [--model_type sim] [--amp] [--xla] [--optimizer adam]
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ def main() -> None:
 
     import tensorflow as tf
 
+    from sim_tf.train import train_lib
     from sim_tf.train.config import TrainConfig
-    from sim_tf.train.trainer import Trainer
 
     config = TrainConfig(
         mode="train", model_type=args.model_type, dataset_dir=args.dataset_dir, optimizer=args.optimizer,
         global_batch_size=args.global_batch_size, long_seq_length=args.long_seq_length, amp=args.amp,
-        xla=args.xla, benchmark=True, results_dir="/tmp/sim_tf_step_time",
+        xla=args.xla, benchmark=True, results_dir="/tmp/sim_tf.bench.step_time",
     )
-    trainer = Trainer(config, echo=lambda line: None)
-    features, labels = batch = next(iter(trainer._distributed_dataset("train", 0)))
+    trainer = train_lib.create_trainer(config, echo=None)
+    features, labels = batch = next(iter(trainer.datasets("train", 0)))
     counts = trainer.task.local_counts(features, labels)
 
     def timed(fn) -> float:
@@ -57,7 +57,7 @@ def main() -> None:
 
     @tf.function
     def forward_backward(f, y):
-        loss, grads = trainer.task._forward_backward(f, y, counts)
+        loss, grads = trainer.task.forward_backward(f, y, counts)
         return loss, [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
     step = tf.function(lambda b: trainer.strategy.run(trainer.task.train_step, args=(b,)))

@@ -16,7 +16,7 @@ import math
 import re
 import statistics
 
-from sim_tf.bench import dataset_label, text_table
+from sim_tf.bench.suite import dataset_label, text_table
 from sim_tf.errors import UserError
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; larger samples use the normal's.

@@ -1,0 +1,1 @@
+"""Serving a trained model: SavedModel export and streaming batch prediction."""

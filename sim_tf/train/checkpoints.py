@@ -1,0 +1,108 @@
+"""Checkpoints of the whole training state, and loading a model's weights from one.
+
+Keras 3 models do not expose layers held in Python lists to ``tf.train.Checkpoint``, so the model's
+variables are tracked by their Keras paths ("item_embedding_0.table", ...): stable across processes and
+readable in the checkpoint. Every worker of a multi-worker job must take part in a save (TensorFlow
+synchronises inside it); only the chief's copy is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from sim_tf.errors import UserError
+
+
+def variables_by_path(model: keras.Model) -> dict:
+    """The model's variables keyed by their Keras paths, "/" replaced by "." (checkpoint keys)."""
+    out = {}
+    for variable in model.variables:
+        key = variable.path.replace("/", ".")
+        if key in out:
+            raise ValueError(f"two model variables share the path {variable.path!r}")
+        out[key] = variable
+    return out
+
+
+def find_checkpoint(path: str) -> str:
+    """The checkpoint --load_checkpoint_path names: itself, or the newest one in a folder."""
+    if tf.io.gfile.isdir(path):
+        found = tf.train.latest_checkpoint(path)
+        if found is None:
+            raise UserError(f"--load_checkpoint_path {path!r} holds no checkpoint")
+        return found
+    if not tf.io.gfile.exists(path + ".index"):
+        raise UserError(f"--load_checkpoint_path {path!r} is neither a checkpoint folder nor a checkpoint")
+    return path
+
+
+def restore_model_weights(model: keras.Model, path: str, model_type: str) -> None:
+    """Loads only the model's weights from a training checkpoint; every weight must be found there."""
+    status = tf.train.Checkpoint(model=variables_by_path(model)).restore(path)
+    status.expect_partial()  # the optimizer and counters are not needed
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags "
+                        f"(--model_type, --embedding_dim, MLP sizes, --attention): {str(e)[:300]}") from None
+
+
+class TrainingCheckpoints:
+    """Saves and restores the training state (model, optimizer, counters) in ``directory``.
+
+    ``directory`` empty disables saving. Non-chief workers save into a private scratch folder that is
+    removed right after each save.
+    """
+
+    def __init__(self, model: keras.Model, optimizer, counters: dict[str, tf.Variable], directory: str,
+                 keep: int, is_chief: bool, task_index: int = 0):
+        self.checkpoint = tf.train.Checkpoint(model=variables_by_path(model), optimizer=optimizer, **counters)
+        self.directory = directory
+        self.keep = keep
+        self.is_chief = is_chief
+        self.task_index = task_index
+        self._manager = None
+
+    def _target(self) -> str:
+        if self.is_chief:
+            return self.directory
+        return os.path.join(tempfile.gettempdir(), f"sim_tf_worker_{self.task_index}_{os.getpid()}")
+
+    def save(self, step: int) -> str | None:
+        """Writes a checkpoint numbered ``step``; returns its path on the chief, None elsewhere."""
+        if not self.directory:
+            return None
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(self.checkpoint, self._target(), max_to_keep=self.keep)
+        path = self._manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            shutil.rmtree(self._target(), ignore_errors=True)
+            self._manager = None
+            return None
+        return path
+
+    def latest(self) -> str | None:
+        return tf.train.latest_checkpoint(self.directory) if self.directory else None
+
+    def restore(self, path: str) -> None:
+        """Restores everything (model, optimizer and its loss scale, counters) from ``path``."""
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+
+    def restore_latest_or(self, load_path: str, model: keras.Model, model_type: str, training: bool) -> str | None:
+        """Training resumes the whole state from the newest checkpoint in the save folder, else from
+        ``load_path``; evaluation and inference load only the model's weights from ``load_path``.
+        Returns the checkpoint used, or None."""
+        candidates = [self.latest() if training else None]
+        if load_path:
+            candidates.append(find_checkpoint(load_path))
+        path = next((p for p in candidates if p), None)
+        if path is not None and training:
+            self.restore(path)
+        elif path is not None:
+            restore_model_weights(model, path, model_type)
+        return path

@@ -1,0 +1,176 @@
+"""The trainer's flags (shared by `sim-tf train|evaluate|inference`, `demo` and `export`) and the one
+function that turns them into a validated :class:`~sim_tf.train.config.TrainConfig`.
+
+Every flag of the NVIDIA recipe's parameter table keeps its name and default, so the recipe's README
+commands run unchanged (minus `mpiexec`: distribution comes from tf.distribute). Flag files work with
+`--flagfile=configs/NAME.cfg`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from sim_tf.distribute import STRATEGIES
+from sim_tf.errors import UserError
+from sim_tf.layers.core import ATTENTION_KINDS
+from sim_tf.models.models import MODEL_TYPES, ModelConfig
+from sim_tf.train.config import AMP_DTYPES, MODES, TrainConfig
+from sim_tf.train.optimizers import OPTIMIZERS
+
+FLAGS = flags.FLAGS
+
+# --- the recipe's parameters (names and defaults kept) ---
+flags.DEFINE_enum("model_type", "sim", list(MODEL_TYPES), "Model type.")
+flags.DEFINE_integer("embedding_dim", 16, "Embedding dimension for different entities (users, items & categories).")
+flags.DEFINE_list("stage_one_mlp_dims", ["200"], "MLP hidden dimensions for the stage one component.")
+flags.DEFINE_list("stage_two_mlp_dims", ["200", "80"], "MLP hidden dimensions for the stage two component (and the DIN/DIEN heads).")
+flags.DEFINE_list("aux_mlp_dims", ["100", "50"], "MLP hidden dimensions for the auxiliary loss.")
+flags.DEFINE_string("dataset_dir", None, "Path to the directory containing feature specification file and dataset splits.")
+flags.DEFINE_string("feature_spec", "feature_spec.yaml", "Name of the feature spec file in the dataset directory.")
+flags.DEFINE_enum("optimizer", "adam", list(OPTIMIZERS), "Optimizer to use: adam (dense updates of every row, like the recipe, in one fused kernel), lazy_adam (sparse row updates for embedding tables), sgd, adagrad.")
+flags.DEFINE_float("lr", 0.01, "Learning rate for the optimizer selected.")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay of the optimizer selected (0 disables it).")
+flags.DEFINE_integer("epochs", 3, "Train for the following number of epochs.")
+flags.DEFINE_integer("global_batch_size", 131072, "Batch size used for training, evaluation and inference (summed over all replicas).")
+flags.DEFINE_float("dropout_rate", -1.0, "Dropout rate for all the classification MLPs (-1 disables dropout).")
+flags.DEFINE_boolean("amp", False, "Enable automatic mixed precision: float16 with dynamic loss scaling on GPU; bfloat16 on CPU (matmuls in bfloat16; GRU states, gates, sigmoids and the DIEN attention scores and softmax in float32).")
+flags.DEFINE_boolean("xla", False, "Compile the forward and backward pass, and the prediction step, with XLA (jit_compile). On CPU it speeds up inference and DIN training but slows SIM and DIEN training (README, Performance).")
+flags.DEFINE_boolean("drop_remainder", False, "Drop remainder batch for training set.")
+flags.DEFINE_boolean("disable_cache", False, "Do not keep the training records in memory between epochs, and shuffle the file order at each epoch. Without it, files are read in the FeatureSpec's order and the records are kept in memory when the run reads them more than once (over a quarter of the RAM, files are shuffled as with it).")
+flags.DEFINE_integer("repeat_count", 0, "Repeat training dataset this number of times per epoch (0 or 1: once).")
+flags.DEFINE_integer("prefetch_train_size", -1, "Number of batches to prefetch in training (-1: AUTOTUNE).")
+flags.DEFINE_integer("prefetch_test_size", -1, "Number of batches to prefetch in evaluation (-1: AUTOTUNE).")
+flags.DEFINE_integer("train_dataset_size", 11796480, "Recipe compatibility only: sim-tf reads sample counts from the FeatureSpec metadata or by counting records.")
+flags.DEFINE_integer("long_seq_length", 90, "Determines the long history - short history split of history features.")
+flags.DEFINE_string("results_dir", "/tmp/sim", "Path to the model result files storage (log, config.json, TensorBoard).")
+flags.DEFINE_string("log_filename", "log.json", "Name of the JSON-lines log file in --results_dir.")
+flags.DEFINE_string("save_checkpoint_path", "", "Directory to save model checkpoints; training resumes from the newest one found there.")
+flags.DEFINE_string("load_checkpoint_path", "", "Checkpoint (or directory of checkpoints) to restore from.")
+flags.DEFINE_enum("mode", "train", list(MODES), "One of: train, evaluate, inference.")
+flags.DEFINE_boolean("benchmark", False, "Perform benchmark measurements for, e.g., throughput calculation.")
+flags.DEFINE_integer("benchmark_warmup_steps", 20, "Number of warmup steps to use for performance benchmarking.")
+flags.DEFINE_integer("benchmark_steps", 200, "Number of steps to use for performance benchmarking.")
+flags.DEFINE_string("affinity", "socket_unique_interleaved", "Recipe compatibility only (Horovod CPU affinity); ignored.")
+flags.DEFINE_integer("inter_op_parallelism", 0, "Number of inter op threads (0: TensorFlow's default).")
+flags.DEFINE_integer("intra_op_parallelism", 0, "Number of intra op threads (0: automatic: 1 when training without --xla "
+                     "on a CPU-only host of at most 2 cores, where it is faster, else TensorFlow's default of one "
+                     "per core).")
+flags.DEFINE_integer("microbatches", 0, "Split each replica's training batch into this many parts, whose forward and "
+                     "backward passes are independent until their gradients are summed (same loss and update as the "
+                     "whole batch). 0: automatic: one per core when training runs one thread per op (see "
+                     "--intra_op_parallelism), so the cores work on the parts side by side, else 1.")
+flags.DEFINE_integer("seed", -1, "Random seed (-1: pick one and record it in config.json).")
+flags.DEFINE_integer("prebatch_train_size", 0, "Samples per training record (0: detect from the data).")
+flags.DEFINE_integer("prebatch_test_size", 0, "Samples per test record (0: detect from the data).")
+
+# --- sim-tf's additions ---
+flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "Distribution strategy; auto: multi_worker when TF_CONFIG names several workers, mirrored with several GPUs (or --cpu_replicas > 1), else default.")
+flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into this many logical devices (to exercise MirroredStrategy without GPUs).")
+flags.DEFINE_float("collective_timeout_s", 0.0, "Fail a collective (all-reduce) that takes longer than this, so a hung worker ends the job (0: no timeout).")
+flags.DEFINE_enum("amp_dtype", "auto", list(AMP_DTYPES), "Reduced precision used by --amp (auto: float16 on GPU, bfloat16 on CPU).")
+flags.DEFINE_integer("top_k", 50, "Long-history behaviours SIM's search keeps for the exact search unit.")
+flags.DEFINE_enum("attention", "dot", list(ATTENTION_KINDS), "Target attention: dot (the recipe's) or din (the DIN paper's activation unit).")
+flags.DEFINE_integer("steps_per_loop", 1, "Training steps run inside one tf.function call between host-side logging.")
+flags.DEFINE_integer("eval_every_steps", 0, "Also evaluate every this many steps (0: only at epoch ends).")
+flags.DEFINE_integer("log_every_steps", 100, "Log the training loss and throughput every this many steps.")
+flags.DEFINE_string("tensorboard_dir", "", "TensorBoard log directory (default: RESULTS_DIR/tensorboard).")
+flags.DEFINE_string("profile_steps", "", "Profile steps START,END with the TensorBoard profiler (needs the `profile` extra to view).")
+flags.DEFINE_integer("shuffle_buffer", 0, "Records in the training shuffle buffer (0: 8 batches' worth, at most 65,536).")
+flags.DEFINE_boolean("deterministic", False, "Deterministic ops and input order: bit-identical results across runs on CPU.")
+flags.DEFINE_boolean("evaluate_train", False, "Also evaluate on the training split at each evaluation.")
+flags.DEFINE_boolean("random_init", False, "Evaluate or infer with random weights (pure speed tests).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --save_checkpoint_path.")
+flags.DEFINE_integer("checkpoint_every_steps", 0, "Also save a checkpoint every this many steps (0: only at epoch ends).")
+
+
+def _int_list(name: str, values) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise UserError(f"--{name} must be a comma-separated list of integers, got {','.join(values)!r}") from None
+
+
+def _profile_steps(text: str):
+    if not text:
+        return None
+    try:
+        start, end = (int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--profile_steps must be START,END (two integers), got {text!r}") from None
+    return start, end
+
+
+def _seed(seed: int) -> int:
+    if seed >= 0:
+        return seed
+    return int.from_bytes(os.urandom(4), "little") % (2**31 - 1)
+
+
+def config_from_flags(mode: str | None = None) -> TrainConfig:
+    """Builds and validates the TrainConfig; every problem is one UserError naming the flag."""
+    if FLAGS.dataset_dir is None:
+        raise UserError("--dataset_dir is required: the folder with feature_spec.yaml and the TFRecord files")
+    try:
+        model = ModelConfig(
+            embedding_dim=FLAGS.embedding_dim,
+            stage_one_mlp_dims=_int_list("stage_one_mlp_dims", FLAGS.stage_one_mlp_dims),
+            stage_two_mlp_dims=_int_list("stage_two_mlp_dims", FLAGS.stage_two_mlp_dims),
+            aux_mlp_dims=_int_list("aux_mlp_dims", FLAGS.aux_mlp_dims),
+            dropout_rate=FLAGS.dropout_rate,
+            top_k=FLAGS.top_k,
+            attention=FLAGS.attention,
+        )
+    except ValueError as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"--{e}") from None
+    return TrainConfig(
+        mode=mode or FLAGS.mode,
+        model_type=FLAGS.model_type,
+        model=model,
+        dataset_dir=FLAGS.dataset_dir,
+        feature_spec=FLAGS.feature_spec,
+        optimizer=FLAGS.optimizer,
+        lr=FLAGS.lr,
+        weight_decay=FLAGS.weight_decay,
+        epochs=FLAGS.epochs,
+        global_batch_size=FLAGS.global_batch_size,
+        amp=FLAGS.amp,
+        amp_dtype=FLAGS.amp_dtype,
+        xla=FLAGS.xla,
+        drop_remainder=FLAGS.drop_remainder,
+        cache=not FLAGS.disable_cache,
+        repeat_count=FLAGS.repeat_count,
+        prefetch_train_size=FLAGS.prefetch_train_size,
+        prefetch_test_size=FLAGS.prefetch_test_size,
+        long_seq_length=FLAGS.long_seq_length,
+        shuffle_buffer=FLAGS.shuffle_buffer,
+        prebatch_train_size=FLAGS.prebatch_train_size,
+        prebatch_test_size=FLAGS.prebatch_test_size,
+        results_dir=FLAGS.results_dir,
+        log_filename=FLAGS.log_filename,
+        save_checkpoint_path=FLAGS.save_checkpoint_path,
+        load_checkpoint_path=FLAGS.load_checkpoint_path,
+        keep_checkpoints=FLAGS.keep_checkpoints,
+        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        tensorboard_dir=FLAGS.tensorboard_dir,
+        benchmark=FLAGS.benchmark,
+        benchmark_warmup_steps=FLAGS.benchmark_warmup_steps,
+        benchmark_steps=FLAGS.benchmark_steps,
+        random_init=FLAGS.random_init,
+        evaluate_train=FLAGS.evaluate_train,
+        seed=_seed(FLAGS.seed),
+        deterministic=FLAGS.deterministic,
+        steps_per_loop=FLAGS.steps_per_loop,
+        eval_every_steps=FLAGS.eval_every_steps,
+        log_every_steps=FLAGS.log_every_steps,
+        profile_steps=_profile_steps(FLAGS.profile_steps),
+        strategy=FLAGS.strategy,
+        cpu_replicas=FLAGS.cpu_replicas,
+        collective_timeout_s=FLAGS.collective_timeout_s,
+        inter_op_parallelism=FLAGS.inter_op_parallelism,
+        intra_op_parallelism=FLAGS.intra_op_parallelism,
+        microbatches=FLAGS.microbatches,
+    )
