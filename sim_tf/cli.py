@@ -48,7 +48,7 @@ def usage() -> str:
     lines = ["usage: sim-tf COMMAND [--flags]   (sim-tf COMMAND --help for a command's flags)", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_text}" for name, (_, _, help_text) in COMMANDS.items()]
     lines += ["", f"every command also takes {TF_LOG_FLAG}=N: TensorFlow's C++ log level (0 shows everything; "
-                  "default 2, or TF_CPP_MIN_LOG_LEVEL)"]
+                  "default 3, or TF_CPP_MIN_LOG_LEVEL)"]
     return "\n".join(lines)
 
 
@@ -91,7 +91,9 @@ def quiet_tensorflow_import(level: str | None) -> None:
     if level is not None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
     asked = "TF_CPP_MIN_LOG_LEVEL" in os.environ
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # 3: TensorFlow's C++ ERROR lines too (e.g. oneDNN's "DT_INT32 only with AVX-512" on every CPU
+    # without it); a failure still ends in the command's own message.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules:
         return
     try:

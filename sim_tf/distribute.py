@@ -77,11 +77,8 @@ def read_tf_config(environ=None) -> ClusterInfo:
 
 
 def choose_strategy(requested: str, num_gpus: int, cluster: ClusterInfo, cpu_replicas: int = 1) -> StrategyChoice:
-    """Decides the strategy and its collective implementation; no TensorFlow calls."""
-    if requested not in STRATEGIES:
-        raise UserError(f"--strategy must be one of {list(STRATEGIES)}, got {requested!r}")
-    if cpu_replicas < 1:
-        raise UserError(f"--cpu_replicas must be >= 1, got {cpu_replicas}")
+    """Decides the strategy and its collective implementation; no TensorFlow calls. ``requested`` and
+    ``cpu_replicas`` are validated by TrainConfig; what is checked here depends on the devices and cluster."""
     if cpu_replicas > 1 and num_gpus > 0:
         raise UserError("--cpu_replicas splits the CPU for testing; it cannot be combined with GPUs")
     kind = requested

@@ -62,3 +62,44 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert sorted(os.listdir(data)) == ["parquet", "raw", "tfrecord"]
     again = run("demo", "--workdir", str(work), "--model_type", "din", "--epochs", "1", timeout=900).stdout
     assert "1/3" not in again and "test AUC" in again  # every stage's output is reused
+
+
+def _clean_env():
+    """The environment a user has: no TF_CPP_MIN_LOG_LEVEL from the test session."""
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def test_every_command_help_lists_its_own_flags():
+    from sim_tf import docs
+    from sim_tf.cli import COMMANDS
+
+    names = list(COMMANDS)
+    processes = {name: subprocess.Popen([sys.executable, "-m", "sim_tf", name, "--help"], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=_clean_env()) for name in names}
+    outputs = {name: p.communicate(timeout=300) + (p.returncode,) for name, p in processes.items()}
+    for name in names:
+        stdout, stderr, code = outputs[name]
+        assert code == 0, (name, stderr)
+        assert stdout.startswith(f"sim-tf {name}: "), name
+        module = COMMANDS[name][0]
+        owners = [docs.TRAINER_FLAGS] if module == "sim_tf.commands.train" else [module]
+        if name in ("demo", "export"):
+            owners.append(docs.TRAINER_FLAGS)
+        expected = [row[0] for owner in owners for row in docs.command_flags(owner)]
+        if name != "profile":  # every command but `profile LOGDIR` has flags of its own
+            assert expected, name
+        for flag in expected:
+            assert f"--{flag}:" in stdout or f"--[no]{flag}:" in stdout, (name, flag)
+        assert "oneDNN" not in stderr and "InitializeLog" not in stderr, (name, stderr)
+
+
+def test_a_normal_run_prints_no_tensorflow_start_up_lines(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sim_tf", "synthesize", "--preset", "tiny", "--output",
+                             str(tmp_path / "d"), "--train_samples", "300"], capture_output=True, text=True,
+                            env=_clean_env(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+    verbose = subprocess.run([sys.executable, "-m", "sim_tf", "synthesize", "--tf_log_level=0", "--preset", "tiny",
+                              "--output", str(tmp_path / "e"), "--train_samples", "300"], capture_output=True, text=True,
+                             env=_clean_env(), timeout=300)
+    assert verbose.returncode == 0 and "oneDNN" in verbose.stderr  # still there when asked for

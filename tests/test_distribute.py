@@ -50,13 +50,27 @@ def test_nccl_is_never_chosen_without_gpus():
         (("default", 0, TWO, 1), "TF_CONFIG names 2 workers but --strategy=default"),
         (("default", 0, ONE, 2), "--cpu_replicas=2 needs --strategy=mirrored"),
         (("auto", 2, ONE, 2), "cannot be combined with GPUs"),
-        (("ps", 0, ONE, 1), "--strategy must be one of"),
-        (("auto", 0, ONE, 0), "--cpu_replicas must be >= 1"),
     ],
 )
 def test_impossible_combinations_are_user_errors(args, message):
     with pytest.raises(UserError, match=message):
         choose_strategy(*args)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"strategy": "ps"}, "--strategy must be one of"),
+    ({"cpu_replicas": 0}, "--cpu_replicas must be >= 1"),
+    ({"lr": 0.0}, "--lr must be > 0"),
+    ({"weight_decay": -0.1}, "--weight_decay must be >= 0"),
+    ({"optimizer": "rmsprop"}, "--optimizer must be one of"),
+    ({"global_batch_size": 0}, "--global_batch_size must be >= 1"),
+    ({"long_seq_length": 0}, "--long_seq_length must be >= 1"),
+])
+def test_the_typed_config_is_the_one_validator(overrides, message):
+    from sim_tf.train.config import TrainConfig
+
+    with pytest.raises(UserError, match=message):
+        TrainConfig(dataset_dir="d", **overrides)
 
 
 def test_tf_config_parsing():

@@ -9,6 +9,7 @@ from absl import flags
 
 from sim_tf.data import dataset as data
 from sim_tf.data import feature_spec as fs
+from sim_tf.data import inputs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset_dir", None, "Folder holding the FeatureSpec and the TFRecord files.")
@@ -36,7 +37,7 @@ def describe(spec: fs.FeatureSpec, long_seq_length: int) -> list[str]:
     long = min(long_seq_length, spec.history_length - 1)
     ds = data.make_dataset(spec, "test", 1024, options=data.InputOptions(long_seq_length=long))
     for features, label in ds.take(1):
-        history = np.concatenate([features[data.LONG_MASK].numpy(), features[data.SHORT_MASK].numpy()], axis=1)
+        history = np.concatenate([features[inputs.LONG_MASK].numpy(), features[inputs.SHORT_MASK].numpy()], axis=1)
         lengths = history.sum(axis=1)
         lines.append(
             f"first test batch: {label.shape[0]} samples, click rate {label.numpy().mean():.3f}, "

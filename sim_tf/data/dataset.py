@@ -49,8 +49,6 @@ class InputOptions:
     negative_history: bool = True
 
     def __post_init__(self):
-        if self.long_seq_length < 0:
-            raise ValueError(f"long_seq_length must be >= 0, got {self.long_seq_length}")
         if self.shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
         if self.out_of_range not in (None, *fs.OUT_OF_RANGE_POLICIES):
@@ -165,14 +163,7 @@ def make_dataset(
     share one in-memory cache of the records (filled by the first complete pass); each call still shuffles
     with its own ``options.seed``. Without it, the cache lives as long as the returned dataset.
     """
-    if global_batch_size < 1:
-        raise ValueError(f"global batch size must be >= 1, got {global_batch_size}")
     if input_context is not None:
-        if global_batch_size % input_context.num_replicas_in_sync:
-            raise ValueError(
-                f"global batch size {global_batch_size} is not divisible by the {input_context.num_replicas_in_sync} "
-                f"replicas"
-            )
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
         pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
     else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import posixpath
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 

@@ -22,10 +22,12 @@ import re
 
 import tensorflow as tf
 
+from sim_tf.data import feature_spec as fs
 from sim_tf.errors import UserError
 
-USER = "user_features"
-TARGET = "target_item_features"
+# The id tuples take the FeatureSpec's channel names.
+USER = fs.USER_FEATURES_CHANNEL
+TARGET = fs.TARGET_ITEM_FEATURES_CHANNEL
 LONG_HISTORY = "long_history"
 SHORT_HISTORY = "short_history"
 SHORT_NEG_HISTORY = "short_neg_history"
@@ -93,12 +95,15 @@ def model_inputs(parsed: dict[str, tf.Tensor], spec, long_seq_length: int, out_o
     def ids(name: str, shape: list[int]) -> tf.Tensor:
         return checked_ids(tf.reshape(parsed[name], shape), name, spec.cardinality(name), out_of_range)
 
+    # Checked in channel order, so the first feature named in an id error is the same in every path.
+    users = tuple(ids(n, [-1]) for n in spec.user_features)
+    targets = tuple(ids(n, [-1]) for n in spec.target_item_features)
     positives = [ids(n, [-1, length]) for n in spec.positive_history_features]
     negatives = [ids(n, [-1, length])[:, long_seq_length:] for n in spec.negative_history_features if n in parsed]
     mask = tf.cast(positives[0] > 0, tf.float32)
     return {
-        USER: tuple(ids(n, [-1]) for n in spec.user_features),
-        TARGET: tuple(ids(n, [-1]) for n in spec.target_item_features),
+        USER: users,
+        TARGET: targets,
         LONG_HISTORY: tuple(p[:, :long_seq_length] for p in positives),
         SHORT_HISTORY: tuple(p[:, long_seq_length:] for p in positives),
         SHORT_NEG_HISTORY: tuple(negatives),

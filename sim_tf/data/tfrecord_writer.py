@@ -17,7 +17,6 @@ import numpy as np
 
 from sim_tf.data import feature_spec as fs
 
-_MAX_VARINT_BYTES = 10
 LABEL = "label"
 
 
@@ -294,7 +293,7 @@ def make_feature_spec(
     metadata: dict[str, Any] | None = None,
     base_directory: str = ".",
     check_files: bool = True,
-) -> FeatureSpec:
+) -> fs.FeatureSpec:
     """Builds a spec in the recipe converter's naming (``user_feat_0``, ``item_feat_0_trgt`` ...)."""
     user_cardinalities = list(user_cardinalities)
     item_cardinalities = list(item_cardinalities)

@@ -7,33 +7,18 @@ mixed policy) but keep variables, and wherever stated their outputs, in float32.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import keras
 import tensorflow as tf
 
 
-@contextlib.contextmanager
-def global_dtype_policy(policy: str | None) -> Iterator[None]:
-    """Keras's global dtype policy set to ``policy`` (None: left as it is) inside the block, restored after.
-
-    Layers take the global policy when they are created, and so do the sub-layers a layer creates, which
-    do not inherit their parent's ``dtype``: a whole model is put under mixed precision this way.
-    """
-    previous = keras.mixed_precision.global_policy()
-    if policy:
-        keras.mixed_precision.set_global_policy(policy)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-def _check_positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
-    values = tuple(values)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+def check_positive_ints(name: str, values: int | Sequence[int]) -> tuple[int, ...]:
+    """Every layer's argument check: ``values`` (one int or a sequence) as a tuple of positive ints, or a
+    ValueError naming the argument."""
+    values = (values,) if isinstance(values, int) else tuple(values)
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise ValueError(f"{name} must be positive integers, got {values!r}")
     return values
 
@@ -109,7 +94,7 @@ class EmbeddingTable(keras.layers.Layer):
 
     def __init__(self, rows: int, dim: int, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_ints("rows and dim", (rows, dim))
+        check_positive_ints("rows and dim", (rows, dim))
         self.rows = rows
         self.dim = dim
 
@@ -162,7 +147,7 @@ class MLP(keras.layers.Layer):
 
     def __init__(self, hidden_units: Sequence[int], dropout_rate: float = -1.0, **kwargs):
         super().__init__(**kwargs)
-        self.hidden_units = _check_positive_ints("hidden_units", hidden_units)
+        self.hidden_units = check_positive_ints("hidden_units", hidden_units)
         if dropout_rate >= 1.0:
             raise ValueError(f"dropout_rate must be < 1 (or <= 0 to disable), got {dropout_rate}")
         self.dropout_rate = float(dropout_rate)
@@ -204,7 +189,7 @@ class DinActivationUnit(keras.layers.Layer):
 
     def __init__(self, hidden_units: Sequence[int] = (80, 40), **kwargs):
         super().__init__(**kwargs)
-        self.hidden_units = _check_positive_ints("hidden_units", hidden_units)
+        self.hidden_units = check_positive_ints("hidden_units", hidden_units)
         self.dense = [keras.layers.Dense(h, name=f"dense_{i}") for i, h in enumerate(self.hidden_units)]
         self.prelu = [
             keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.1), shared_axes=[1], name=f"prelu_{i}")

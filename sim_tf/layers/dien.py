@@ -19,7 +19,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from sim_tf.layers.core import masked_softmax, matmul_3d, sigmoid, split_first_layer
+from sim_tf.layers.core import check_positive_ints, masked_softmax, matmul_3d, sigmoid, split_first_layer
 
 
 class _GatedRecurrence(keras.layers.Layer):
@@ -27,9 +27,7 @@ class _GatedRecurrence(keras.layers.Layer):
 
     def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or units <= 0:
-            raise ValueError(f"units must be a positive integer, got {units!r}")
-        self.units = units
+        (self.units,) = check_positive_ints("units", units)
 
     def build(self, input_shape):
         width = input_shape[-1]
@@ -138,10 +136,8 @@ class DienAttention(keras.layers.Layer):
 
     def __init__(self, units: int, hidden_units=(80, 40), **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or units <= 0:
-            raise ValueError(f"units must be a positive integer, got {units!r}")
-        self.units = units
-        self.hidden_units = tuple(hidden_units)
+        (self.units,) = check_positive_ints("units", units)
+        self.hidden_units = check_positive_ints("hidden_units", hidden_units)
         self.query_dense = keras.layers.Dense(units, name="query_dense")
         self.query_prelu = keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.1), name="query_prelu")
         self.dense = [
@@ -186,9 +182,7 @@ class AuxiliaryNetwork(keras.layers.Layer):
 
     def __init__(self, hidden_units=(100, 50), **kwargs):
         super().__init__(**kwargs)
-        self.hidden_units = tuple(hidden_units)
-        if not all(isinstance(h, int) and h > 0 for h in self.hidden_units):
-            raise ValueError(f"hidden_units must be positive integers, got {hidden_units!r}")
+        self.hidden_units = check_positive_ints("hidden_units", hidden_units)
         self.dense = [
             keras.layers.Dense(h, name=f"dense_{i}") for i, h in enumerate(self.hidden_units)
         ]

@@ -37,12 +37,6 @@ def auxiliary_terms(click_logits: tf.Tensor, noclick_logits: tf.Tensor, pair_mas
     return tf.reduce_sum(per_pair * pair_mask), tf.reduce_sum(pair_mask)
 
 
-def auxiliary_loss(click_logits, noclick_logits, pair_mask) -> tf.Tensor:
-    """Masked mean of the auxiliary loss; 0 when the batch has no valid pair."""
-    total, count = auxiliary_terms(click_logits, noclick_logits, pair_mask)
-    return total / tf.maximum(count, 1.0)
-
-
 def sim_ctr_loss(labels, stage_one_logit, stage_two_logit) -> tf.Tensor:
     """SIM's per-sample two-stage loss [B]: the mean of both stages' BCE."""
     return 0.5 * (bce_from_logits(labels, stage_one_logit) + bce_from_logits(labels, stage_two_logit))
@@ -73,9 +67,3 @@ def combine(terms: LossTerms, batch_size, aux_count) -> tf.Tensor:
     """Total loss = ctr_sum / batch_size + aux_sum / aux_count (counts may be global across replicas)."""
     batch_size = tf.cast(batch_size, tf.float32)
     return terms.ctr_sum / tf.maximum(batch_size, 1.0) + terms.aux_sum / tf.maximum(tf.cast(aux_count, tf.float32), 1.0)
-
-
-def total_loss(outputs: dict, labels: tf.Tensor) -> tf.Tensor:
-    """The model's training loss on one batch on one device."""
-    terms = loss_terms(outputs, labels)
-    return combine(terms, tf.shape(labels)[0], terms.aux_count)

@@ -110,8 +110,6 @@ def _seed(seed: int) -> int:
 
 def config_from_flags(mode: str | None = None) -> TrainConfig:
     """Builds and validates the TrainConfig; every problem is one UserError naming the flag."""
-    if FLAGS.dataset_dir is None:
-        raise UserError("--dataset_dir is required: the folder with feature_spec.yaml and the TFRecord files")
     try:
         model = ModelConfig(
             embedding_dim=FLAGS.embedding_dim,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from sim_tf.errors import UserError
 
 OPTIMIZERS = ("adam", "lazy_adam", "sgd", "adagrad")
 
@@ -131,11 +130,8 @@ class LazyAdam(FusedAdam):
 
 
 def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
-    """Creates an optimizer by flag name; ``weight_decay`` 0 disables decay."""
-    if learning_rate <= 0:
-        raise UserError(f"--lr must be > 0, got {learning_rate}")
-    if weight_decay < 0:
-        raise UserError(f"--weight_decay must be >= 0, got {weight_decay}")
+    """Creates an optimizer by flag name; ``weight_decay`` 0 disables decay. The flags are validated by
+    TrainConfig; a name outside OPTIMIZERS is a programming error."""
     decay = weight_decay or None
     if name == "adam":
         return FusedAdam(learning_rate, weight_decay=decay)
@@ -145,4 +141,4 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0) -
         return keras.optimizers.SGD(learning_rate, weight_decay=decay)
     if name == "adagrad":
         return keras.optimizers.Adagrad(learning_rate, weight_decay=decay)
-    raise UserError(f"--optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")
+    raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")

@@ -29,6 +29,30 @@ from sim_tf.train.run_log import Profiler, RunLog, Summaries
 from sim_tf.train.task import CtrTask
 
 
+def steps_per_epoch(config: TrainConfig, train_samples: int) -> int:
+    """Global steps in one epoch of ``train_samples`` (times --repeat_count), the last one partial unless
+    --drop_remainder."""
+    samples = train_samples * max(1, config.repeat_count)
+    batch = config.global_batch_size
+    return samples // batch if config.drop_remainder else math.ceil(samples / batch)
+
+
+def next_chunk(config: TrainConfig, step: int) -> int:
+    """Steps in the inner loop that starts at ``step``: up to --steps_per_loop, ending at every I/O boundary
+    (log, evaluation, checkpoint) or, under --benchmark, at the end of warm-up and of the timed steps; and
+    at the profiler window's edges."""
+    chunk = config.steps_per_loop
+    if config.benchmark:
+        edges = [config.benchmark_warmup_steps, config.benchmark_warmup_steps + config.benchmark_steps]
+    else:
+        edges = []
+        for every in (config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps):
+            if every:
+                chunk = min(chunk, every - step % every)
+    edges += list(config.profile_steps or ())
+    return max(1, min([chunk] + [edge - step for edge in edges if edge > step]))
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, spec: fs.FeatureSpec, log: RunLog):
         self.config = config
@@ -132,23 +156,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop pieces
     def steps_per_epoch(self) -> int:
-        samples = self.samples["train"] * max(1, self.config.repeat_count)
-        batch = self.config.global_batch_size
-        return samples // batch if self.config.drop_remainder else math.ceil(samples / batch)
+        return steps_per_epoch(self.config, self.samples["train"])
 
     def next_chunk(self, step: int) -> int:
-        """Steps in the next inner loop: up to steps_per_loop, stopping at every I/O or timing boundary."""
-        c = self.config
-        chunk = c.steps_per_loop
-        if c.benchmark:
-            edges = [c.benchmark_warmup_steps, c.benchmark_warmup_steps + c.benchmark_steps]
-        else:
-            edges = []
-            for every in (c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps):
-                if every:
-                    chunk = min(chunk, every - step % every)
-        edges += list(c.profile_steps or ())
-        return max(1, min([chunk] + [edge - step for edge in edges if edge > step]))
+        return next_chunk(self.config, step)
 
     def _request_stop(self, signum, frame):
         if self._stop_signal and signum == signal.SIGINT:

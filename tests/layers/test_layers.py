@@ -68,8 +68,12 @@ def test_constructors_validate_arguments():
         core.MLP([200, 0])
     with pytest.raises(ValueError, match="attention kind must be one of"):
         core.AttentionPooling("cosine")
-    with pytest.raises(ValueError, match="units must be a positive integer"):
+    with pytest.raises(ValueError, match="units must be positive integers"):
         dien.MaskedGRU(0)
+    with pytest.raises(ValueError, match="hidden_units must be positive integers"):
+        dien.DienAttention(8, hidden_units=(80, -1))
+    with pytest.raises(ValueError, match="hidden_units must be positive integers"):
+        dien.AuxiliaryNetwork(())
     with pytest.raises(ValueError, match="rows and dim must be positive"):
         core.EmbeddingTable(0, 4)
 

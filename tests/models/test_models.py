@@ -5,60 +5,30 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sim_tf.data import inputs as data
-from sim_tf.train import precision
 from sim_tf.models import losses, models
 
-USERS = [30, 7]  # two user features
-ITEMS = [50, 9, 4]  # three item features: not hard-wired to item + category
-CONFIG = models.ModelConfig(embedding_dim=4, stage_one_mlp_dims=(8,), stage_two_mlp_dims=(8, 4), aux_mlp_dims=(6, 3),
-                            top_k=3)
+
+def total_loss(outputs, labels):
+    """One device's training loss of a batch: the loss terms over the batch's own counts."""
+    terms = losses.loss_terms(outputs, labels)
+    return losses.combine(terms, tf.shape(labels)[0], terms.aux_count)
 
 
-def make_features(batch=6, long=8, short=5, lengths=None, seed=0, left_pad_long=0, left_pad_short=0):
-    """Random features; histories hold `lengths` real behaviours at the right end of long+short."""
-    rng = np.random.default_rng(seed)
-    total = long + short
-    lengths = rng.integers(0, total + 1, batch) if lengths is None else np.asarray(lengths)
-    valid = np.arange(total)[None, :] >= (total - lengths)[:, None]
-    pos = [np.where(valid, rng.integers(1, n + 1, (batch, total)), 0) for n in ITEMS]
-    neg = [np.where(valid, rng.integers(1, n + 1, (batch, total)), 0) for n in ITEMS]
-
-    def pad(x, width):
-        return np.concatenate([np.zeros((batch, width), x.dtype), x], axis=1)
-
-    long_ids = [pad(p[:, :long], left_pad_long) for p in pos]
-    # Extra short padding only makes sense where the long part is empty: behaviours never move between parts.
-    short_ids = [pad(p[:, long:], left_pad_short) for p in pos]
-    features = {
-        data.USER: tuple(tf.constant(rng.integers(1, n + 1, batch), tf.int32) for n in USERS),
-        data.TARGET: tuple(tf.constant(rng.integers(1, n + 1, batch), tf.int32) for n in ITEMS),
-        data.LONG_HISTORY: tuple(tf.constant(x, tf.int32) for x in long_ids),
-        data.SHORT_HISTORY: tuple(tf.constant(x, tf.int32) for x in short_ids),
-        data.SHORT_NEG_HISTORY: tuple(tf.constant(pad(n[:, long:], left_pad_short), tf.int32) for n in neg),
-        data.LONG_MASK: tf.constant(long_ids[0] > 0, tf.float32),
-        data.SHORT_MASK: tf.constant(short_ids[0] > 0, tf.float32),
-    }
-    labels = tf.constant(rng.integers(0, 2, batch), tf.float32)
-    return features, labels
-
-
-def build(model_type, config=CONFIG, policy=None):
-    """Builds a model; with ``policy`` every layer is created under that global dtype policy."""
-    cls = {"sim": models.SIM, "dien": models.DIEN, "din": models.DIN}[model_type]
-    with precision.global_dtype_policy(policy):
-        return cls([u + 1 for u in USERS], [i + 1 for i in ITEMS], config)
+def auxiliary_loss(click_logits, noclick_logits, pair_mask):
+    """The auxiliary loss as a masked mean; 0 when no pair is valid."""
+    total, count = losses.auxiliary_terms(click_logits, noclick_logits, pair_mask)
+    return total / tf.maximum(count, 1.0)
 
 
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
-def test_outputs_and_batch_of_one(model_type):
+def test_outputs_and_batch_of_one(model_type, build, make_features):
     model = build(model_type)
     for batch in (6, 1):
         features, labels = make_features(batch=batch)
         out = model(features, training=True)
         assert out["logit"].shape == (batch,) and out["logit"].dtype == tf.float32
         np.testing.assert_allclose(out["prediction"].numpy(), tf.sigmoid(out["logit"]).numpy())
-        assert np.isfinite(losses.total_loss(out, labels).numpy())
+        assert np.isfinite(total_loss(out, labels).numpy())
     assert ("stage_one_logit" in out) == (model_type == "sim")
     assert ("aux_click_logits" in out) == (model_type != "din")
     # Inference skips the auxiliary network and SIM's stage-one head, and predicts the same.
@@ -68,7 +38,7 @@ def test_outputs_and_batch_of_one(model_type):
 
 
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
-def test_more_left_padding_gives_the_same_outputs(model_type):
+def test_more_left_padding_gives_the_same_outputs(model_type, build, make_features):
     model = build(model_type)
     # Short histories (3 of 5 real) and long histories of every length.
     lengths = [0, 1, 3, 5, 7, 13]
@@ -79,7 +49,7 @@ def test_more_left_padding_gives_the_same_outputs(model_type):
         if key.startswith("aux"):
             continue  # aux tensors keep the short length; their loss is compared below
         np.testing.assert_allclose(out_padded[key].numpy(), out[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
-    np.testing.assert_allclose(losses.total_loss(out_padded, labels), losses.total_loss(out, labels), rtol=1e-6)
+    np.testing.assert_allclose(total_loss(out_padded, labels), total_loss(out, labels), rtol=1e-6)
 
     # Rows whose whole history fits the short part, with more padding in the short part.
     short_only = [0, 1, 2, 3, 4, 5]
@@ -87,7 +57,7 @@ def test_more_left_padding_gives_the_same_outputs(model_type):
     padded, _ = make_features(lengths=short_only, seed=2, left_pad_short=4)
     out, out_padded = model(features, training=True), model(padded, training=True)
     np.testing.assert_allclose(out_padded["logit"].numpy(), out["logit"].numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(losses.total_loss(out_padded, labels), losses.total_loss(out, labels), rtol=1e-5)
+    np.testing.assert_allclose(total_loss(out_padded, labels), total_loss(out, labels), rtol=1e-5)
 
 
 def test_aux_loss_is_a_masked_mean_over_real_pairs():
@@ -99,36 +69,36 @@ def test_aux_loss_is_a_masked_mean_over_real_pairs():
         return -np.log(1 / (1 + np.exp(-c))) - np.log(1 - 1 / (1 + np.exp(-n)))
 
     expected = (nll(2.0, -2.0) + nll(-1.0, 1.0) + nll(0.5, -3.0)) / 3  # 3 real pairs, not 6 entries
-    np.testing.assert_allclose(losses.auxiliary_loss(click, noclick, mask).numpy(), expected, rtol=1e-6)
-    assert losses.auxiliary_loss(click, noclick, tf.zeros_like(mask)).numpy() == 0.0
+    np.testing.assert_allclose(auxiliary_loss(click, noclick, mask).numpy(), expected, rtol=1e-6)
+    assert auxiliary_loss(click, noclick, tf.zeros_like(mask)).numpy() == 0.0
 
 
 def test_losses_are_finite_when_logits_saturate():
     big = tf.fill([2, 3], 100.0)
     mixed = tf.constant([[100.0, -100.0, 100.0], [-100.0, 100.0, -100.0]])
-    assert np.isfinite(losses.auxiliary_loss(mixed, -mixed, tf.ones([2, 3])).numpy())
-    np.testing.assert_allclose(losses.auxiliary_loss(big, -big, tf.ones([2, 3])).numpy(), 0.0, atol=1e-30)
-    np.testing.assert_allclose(losses.auxiliary_loss(-big, big, tf.ones([2, 3])).numpy(), 200.0, rtol=1e-6)
+    assert np.isfinite(auxiliary_loss(mixed, -mixed, tf.ones([2, 3])).numpy())
+    np.testing.assert_allclose(auxiliary_loss(big, -big, tf.ones([2, 3])).numpy(), 0.0, atol=1e-30)
+    np.testing.assert_allclose(auxiliary_loss(-big, big, tf.ones([2, 3])).numpy(), 200.0, rtol=1e-6)
     bce = losses.bce_from_logits(tf.constant([1.0, 0.0]), tf.constant([-100.0, 100.0])).numpy()
     np.testing.assert_allclose(bce, [100.0, 100.0])
     np.testing.assert_allclose(losses.sim_ctr_loss(tf.constant([1.0]), tf.constant([0.0]), tf.constant([100.0])),
                                [0.5 * np.log(2.0)], rtol=1e-6)
 
 
-def test_sim_aux_pairs_need_both_behaviours_real():
+def test_sim_aux_pairs_need_both_behaviours_real(build, make_features):
     model = build("sim")
     features, _ = make_features(lengths=[2, 0, 13, 1, 3, 4], seed=3)  # short length 5
     pair_mask = model(features, training=True)["aux_pair_mask"].numpy()
     np.testing.assert_array_equal(pair_mask.sum(axis=1), [1, 0, 4, 0, 2, 3])
 
 
-def test_sim_top_k_uses_the_flag_and_real_validity():
+def test_sim_top_k_uses_the_flag_and_real_validity(build, make_features, model_config):
     features, labels = make_features(lengths=[0, 0, 5, 5, 13, 13], seed=4)
     model = build("sim")
     out = model(features)
     # Long history empty for the first four rows: stage one sees only zeros from the history.
     for k in (1, 3, 8, 50):
-        config = models.ModelConfig(**{**CONFIG.__dict__, "top_k": k})
+        config = models.ModelConfig(**{**model_config.__dict__, "top_k": k})
         other = build("sim", config)
         other.set_weights(model.get_weights())
         got = other(features)
@@ -137,11 +107,11 @@ def test_sim_top_k_uses_the_flag_and_real_validity():
 
 
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
-def test_every_variable_gets_a_gradient_and_tables_get_sparse_ones(model_type):
+def test_every_variable_gets_a_gradient_and_tables_get_sparse_ones(model_type, build, make_features):
     model = build(model_type)
     features, labels = make_features(batch=16, lengths=np.full(16, 13), seed=5)
     with tf.GradientTape() as tape:
-        loss = losses.total_loss(model(features, training=True), labels)
+        loss = total_loss(model(features, training=True), labels)
     grads = tape.gradient(loss, model.trainable_variables)
     for var, grad in zip(model.trainable_variables, grads):
         assert grad is not None, var.path
@@ -151,7 +121,7 @@ def test_every_variable_gets_a_gradient_and_tables_get_sparse_ones(model_type):
 
 
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
-def test_each_model_overfits_one_batch(model_type):
+def test_each_model_overfits_one_batch(model_type, build, make_features):
     keras.utils.set_random_seed(0)
     model = build(model_type)
     features, labels = make_features(batch=32, seed=6)
@@ -161,7 +131,7 @@ def test_each_model_overfits_one_batch(model_type):
     def step():
         with tf.GradientTape() as tape:
             outputs = model(features, training=True)
-            loss = losses.total_loss(outputs, labels)
+            loss = total_loss(outputs, labels)
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return loss, losses.loss_terms(outputs, labels).ctr_sum / 32
 
@@ -175,7 +145,7 @@ def test_each_model_overfits_one_batch(model_type):
 
 @pytest.mark.parametrize("policy,tolerance", [("mixed_bfloat16", 0.03), ("mixed_float16", 0.005)])
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
-def test_mixed_precision_forward_matches_float32(model_type, policy, tolerance):
+def test_mixed_precision_forward_matches_float32(model_type, policy, tolerance, build, make_features):
     reference = build(model_type)
     mixed = build(model_type, policy=policy)
     mixed.set_weights(reference.get_weights())
@@ -187,12 +157,12 @@ def test_mixed_precision_forward_matches_float32(model_type, policy, tolerance):
         if key in out:
             assert out_mixed[key].dtype == tf.float32, key
     np.testing.assert_allclose(out_mixed["prediction"].numpy(), out["prediction"].numpy(), atol=tolerance)
-    np.testing.assert_allclose(losses.total_loss(out_mixed, labels), losses.total_loss(out, labels), rtol=5 * tolerance)
+    np.testing.assert_allclose(total_loss(out_mixed, labels), total_loss(out, labels), rtol=5 * tolerance)
 
 
 @pytest.mark.parametrize("model_type", models.MODEL_TYPES)
-def test_saved_and_reloaded_model_predicts_identically(model_type, tmp_path):
-    model = build(model_type, models.ModelConfig(**{**CONFIG.__dict__, "attention": "din", "dropout_rate": 0.1}))
+def test_saved_and_reloaded_model_predicts_identically(model_type, tmp_path, build, make_features, model_config):
+    model = build(model_type, models.ModelConfig(**{**model_config.__dict__, "attention": "din", "dropout_rate": 0.1}))
     features, _ = make_features(seed=8)
     expected = model(features)["prediction"].numpy()
     path = os.path.join(tmp_path, "model.keras")

@@ -7,7 +7,7 @@ import pytest
 
 from sim_tf.data.atomic import atomic_directory
 from sim_tf.errors import UserError
-from sim_tf.preprocess import amazon
+from sim_tf.preprocess import amazon, amazon_reader
 
 
 def review(user, item, time, **extra):
@@ -144,11 +144,11 @@ MALFORMED = [
 def test_malformed_lines_are_counted_and_skipped_or_fail_under_strict(tmp_path, name, line, kind):
     good = [review(f"U{u}", f"I{t}", t) for u in range(2) for t in range(3)]
     reviews, meta = write_raw(tmp_path, good[:2] + [line] + good[2:], [])
-    _, _, _, _, report = amazon.read_reviews(reviews)
+    _, _, _, _, report = amazon_reader.read_reviews(reviews)
     assert report.used == 6 and report.counts == {kind: 1} and report.problems[kind] == [3]
     assert f"1 skipped ({kind}, e.g. line(s) 3)" in report.summary(reviews)
     with pytest.raises(UserError, match=f"line 3: {kind}"):
-        amazon.read_reviews(reviews, strict=True)
+        amazon_reader.read_reviews(reviews, strict=True)
 
 
 def test_empty_input_no_users_left_and_missing_files(tmp_path):
@@ -159,7 +159,7 @@ def test_empty_input_no_users_left_and_missing_files(tmp_path):
     with pytest.raises(UserError, match="no user has 20 or more reviews .* lower --min_reviews"):
         amazon.preprocess(reviews, meta, str(tmp_path / "o2"), amazon.AmazonConfig(), log=lambda s: None)
     with pytest.raises(UserError, match="does not exist"):
-        amazon.read_reviews(str(tmp_path / "nope.json"))
+        amazon_reader.read_reviews(str(tmp_path / "nope.json"))
     with pytest.raises(UserError, match="--min_reviews 2 leaves no training prefix"):
         amazon.AmazonConfig(min_reviews=2)
 
@@ -194,9 +194,9 @@ def test_parallel_reading_matches_one_process(tmp_path, monkeypatch):
     with open(reviews, "a") as f:  # two bad lines near the end: their file line numbers must survive the split
         f.write("garbage\n" + json.dumps({"asin": "B1"}) + "\n")
     lines = sum(1 for _ in open(reviews))
-    monkeypatch.setattr(amazon, "PARALLEL_MIN_BYTES", 0)
-    one = amazon.read_reviews(reviews, workers=1)
-    many = amazon.read_reviews(reviews, workers=2)
+    monkeypatch.setattr(amazon_reader, "PARALLEL_MIN_BYTES", 0)
+    one = amazon_reader.read_reviews(reviews, workers=1)
+    many = amazon_reader.read_reviews(reviews, workers=2)
     for a, b in zip(one[:3], many[:3]):
         np.testing.assert_array_equal(a, b)
     assert one[3] == many[3]
@@ -204,4 +204,4 @@ def test_parallel_reading_matches_one_process(tmp_path, monkeypatch):
     assert many[4].problems == one[4].problems == {"not a JSON object": [lines - 1],
                                                     "missing field reviewerID/unixReviewTime": [lines]}
     wanted = {f"B{i:09d}".encode(): i for i in range(1, 1501, 3)}
-    assert amazon.read_categories(meta, wanted, workers=1)[0] == amazon.read_categories(meta, wanted, workers=2)[0]
+    assert amazon_reader.read_categories(meta, wanted, workers=1)[0] == amazon_reader.read_categories(meta, wanted, workers=2)[0]
