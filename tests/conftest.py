@@ -90,3 +90,13 @@ def make_features():
 def build():
     """build(model_type, config=the tiny config, policy=None) -> a built model over USERS / ITEMS tables."""
     return _build
+
+
+# Modules whose tests start subprocesses or train end to end; everything else (layer maths, models, data,
+# the task and loop pieces) runs first, so a broken core fails within seconds.
+_SLOW_MODULES = ("test_cli.py", "test_docs.py", "test_suite.py", "test_export.py", "test_trainer.py",
+                 "test_distribute.py", "test_launch.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name in _SLOW_MODULES)  # stable: file order kept within each group

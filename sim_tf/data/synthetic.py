@@ -74,7 +74,7 @@ PRESETS: dict[str, SyntheticConfig] = {
         users=200, items=2000, categories=100, history_length=20, train_samples=16384, test_samples=2048,
         min_history=3, recent_length=5,
     ),
-    # The demo and benchmark shape: the scale the NVIDIA recipe was measured at on these machines.
+    # The demo and benchmark shape: the scale of the recipe's synthetic benchmark data.
     "small": SyntheticConfig(users=20_000, items=200_000, categories=500),
     # Amazon Books cardinalities; same sample counts as `small`, so throughput is comparable.
     "amazon": SyntheticConfig(users=105_925, items=1_209_081, categories=2_330),

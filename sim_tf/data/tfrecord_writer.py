@@ -1,6 +1,6 @@
 """Writes a dataset (FeatureSpec + TFRecord shards) from numpy arrays.
 
-Building ``tf.train.Example`` protos in Python runs at ~5k samples/s on these machines, which would make
+Building ``tf.train.Example`` protos in Python runs at a few thousand samples/s, which would make
 every synthetic or converted dataset slow to produce. Instead the Example wire format is assembled with
 numpy: every feature is an ``Int64List`` of varints, so a whole chunk of records is encoded at once and
 only the final framing (one ``TFRecordWriter.write`` per record) stays in Python. The bytes are a valid

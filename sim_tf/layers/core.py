@@ -55,7 +55,7 @@ def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 
 
 def matmul_3d(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """[N, T, D] x [D, K] -> [N, T, K] as one 2-D matmul (the einsum form ran ~1.5x slower here)."""
+    """[N, T, D] x [D, K] -> [N, T, K] as one 2-D matmul (the einsum form runs slower on CPU: docs/performance.md)."""
     steps = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
     flat = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel)
     return tf.reshape(flat, [-1, steps, kernel.shape[-1]])
@@ -115,8 +115,7 @@ class EmbeddingTable(keras.layers.Layer):
     # Under a reduced-precision policy, tables up to this many rows are cast whole once per step and
     # every lookup gathers half-width rows from that copy (a gather moves half the bytes; the copy is at
     # most 8 MB at E = 16); larger tables gather float32 rows and cast only those, so no per-step cost or
-    # temporary grows with the vocabulary. Measured on this CPU, 455k lookups: 200k rows 5.7 ms
-    # (cast once) vs 12.6 ms (rows), 1.2M rows 32.3 ms vs 27.8 ms.
+    # temporary grows with the vocabulary. The crossover was measured (docs/performance.md).
     whole_cast_max_rows = 1 << 18
 
     def source(self):

@@ -151,7 +151,7 @@ class _DienBlock:
             return final, {}
         short_neg = self.embed_items(features[keys.SHORT_NEG_HISTORY], sources)
         # Interest state t predicts behaviour t + 1. tf.split, not x[1:]: a strided slice's gradient is
-        # a zero-filled copy of the whole tensor, which cost ~20 ms per slice here.
+        # a zero-filled copy of the whole tensor.
         steps = short.shape[0]
         earlier, _ = tf.split(states, [steps - 1, 1], axis=0)
         _, clicked = tf.split(short, [1, steps - 1], axis=0)
@@ -280,7 +280,7 @@ def select_top_k(scores: tf.Tensor, values: tf.Tensor, mask: tf.Tensor, k: int,
 
     Same selection as ``tf.math.top_k``. When ``differentiable``, the positions come from a full
     descending sort so that the backward pass can be a gather by the inverse permutation: TensorFlow's
-    gradient of a batched gather is an UnsortedSegmentSum over [B * T, D] (35 ms a step for SIM here),
+    gradient of a batched gather is an UnsortedSegmentSum over [B * T, D], single-threaded on CPU,
     although the k positions never collide. Prediction uses ``tf.math.top_k``, which is cheaper than a sort.
     """
     if not differentiable:

@@ -1,14 +1,14 @@
 """Optimizers: Keras's own, plus a lazy (row-sparse) Adam for embedding tables.
 
 Keras 3's Adam turns an embedding table's IndexedSlices gradient into a dense update of every row at
-every step (8.6 ms a step at 100k rows, 295 ms at 4M on these machines), which is why the recipe slows
-down as the vocabulary grows. :class:`LazyAdam` updates only the rows a batch touched: their moments
+every step, a cost that grows with the vocabulary, which is why the recipe slows down as the vocabulary
+grows. :class:`LazyAdam` updates only the rows a batch touched: their moments
 and weights follow Adam exactly, untouched rows keep their moments (as TensorFlow Addons' LazyAdam did).
 On a step where every row is touched, it equals Keras's Adam.
 
 ``adam`` itself is :class:`FusedAdam`: Keras's Adam with the dense update done by TensorFlow's fused
 ``ResourceApplyAdam`` kernel, one multi-threaded pass over the variable instead of Keras's eleven
-elementwise ops (each a pass over the whole table): 37 -> 16 ms per step for a 1.2M x 16 table here.
+elementwise ops (each a pass over the whole table).
 Same formula, same variables and checkpoints; not bit-identical, as the kernel computes 1 - beta_2 in
 float32 (0.0010000467) where Keras rounds 0.001.
 
@@ -28,10 +28,9 @@ OPTIMIZERS = ("adam", "lazy_adam", "sgd", "adagrad")
 def sum_rows(values: tf.Tensor, segment_ids: tf.Tensor, num_segments) -> tf.Tensor:
     """``tf.math.unsorted_segment_sum(values, segment_ids, num_segments)`` for 2-D ``values``, 2-3x faster.
 
-    TensorFlow's CPU UnsortedSegmentSum adds one row at a time on one thread (17-20 ms for the ~450k
-    embedding rows of a SIM batch here); the same sum written as a sparse [num_segments, N] 0/1 matrix
-    times ``values`` runs multi-threaded (6-7 ms) and adds the rows in the same order, so the result is
-    bit-identical.
+    TensorFlow's CPU UnsortedSegmentSum adds one row at a time on one thread; the same sum written as a
+    sparse [num_segments, N] 0/1 matrix times ``values`` runs multi-threaded and adds the rows in the same
+    order, so the result is bit-identical.
     """
     count = tf.shape(values, out_type=tf.int64)[0]
     positions = tf.stack([tf.cast(segment_ids, tf.int64), tf.range(count, dtype=tf.int64)], axis=1)

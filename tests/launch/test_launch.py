@@ -182,7 +182,7 @@ def test_sigterm_checkpoints_and_a_relaunch_resumes_to_the_end(one_file_dataset,
 def test_cluster_scripts_parse():
     import yaml
 
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "launch")
     for script in ("slurm.sbatch", "ssh_start.sh"):
         subprocess.run(["bash", "-n", os.path.join(root, script)], check=True)
     job = list(yaml.safe_load_all(open(os.path.join(root, "k8s", "indexed-job.yaml"))))
