@@ -135,7 +135,7 @@ def test_per_replica_batch_and_divisibility(tmp_path):
     context = tf.distribute.InputContext(1, 0, num_replicas_in_sync=2)
     ds = data.make_dataset(spec, "test", 8, context, data.InputOptions(long_seq_length=4))
     assert int(next(iter(ds))[1].shape[0]) == 4
-    with pytest.raises(ValueError, match="not divisible by the 2 replicas"):
+    with pytest.raises(ValueError, match="not divisible by `num_replicas_in_sync` 2"):
         data.make_dataset(spec, "test", 7, context, data.InputOptions(long_seq_length=4))
 
 
