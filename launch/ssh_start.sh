@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Start one worker per host over ssh (or pdsh), for clusters without a scheduler.
+# Start one worker per host over ssh, for clusters without a scheduler.
 #   launch/ssh_start.sh "host1 host2" -- --dataset_dir /shared/data --results_dir /shared/run1 ...
 # Each host needs sim-tf installed and the same paths (shared storage for data, results, checkpoints).
-# With pdsh instead:  pdsh -w host[1-2] 'TF_CONFIG=$(sim-tf launch tf-config --workers host1:23456,host2:23456 \
-#                        --index %n) sim-tf train ...'   (pdsh's %n is the host's rank)
+# Each argument reaches `sim-tf train` as one argument, whatever it contains: the remote command is built
+# with printf %q, so the remote shell never re-splits or expands it.
+# The workers' port (SIM_TF_PORT, default 23456) runs any request it gets: keep it firewalled to the
+# cluster's hosts (launch/README.md, "What a cluster exposes").
 set -euo pipefail
-HOSTS=($1); shift
+read -r -a HOSTS <<< "$1"; shift
 [ "${1:-}" = "--" ] && shift
 PORT=${SIM_TF_PORT:-23456}
 WORKERS=$(printf "%s:$PORT," "${HOSTS[@]}"); WORKERS=${WORKERS%,}
 pids=()
 for i in "${!HOSTS[@]}"; do
-  ssh -o BatchMode=yes "${HOSTS[$i]}" \
-    "TF_CONFIG='$(sim-tf launch tf-config --workers "$WORKERS" --index "$i")' sim-tf train --strategy multi_worker --collective_timeout_s 600 $*" \
-    2>&1 | sed "s/^/[${HOSTS[$i]}] /" &
+  tf_config=$(sim-tf launch tf-config --workers "$WORKERS" --index "$i")
+  remote=$(printf '%q ' env "TF_CONFIG=$tf_config" sim-tf train --strategy multi_worker --collective_timeout_s 600 "$@")
+  ssh -o BatchMode=yes "${HOSTS[$i]}" "$remote" 2>&1 | sed "s/^/[${HOSTS[$i]}] /" &
   pids+=($!)
 done
 status=0

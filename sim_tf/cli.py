@@ -86,15 +86,16 @@ def _quiet_stderr(enabled: bool):
         os.close(devnull)
 
 
-def quiet_tensorflow_import(level: str | None) -> None:
-    """Imports TensorFlow once, without its start-up banners unless a log level was asked for."""
+def quiet_tensorflow_import(level: str | None, import_now: bool = True) -> None:
+    """Imports TensorFlow once, without its start-up banners unless a log level was asked for (without
+    ``import_now``, only sets the log level that this process's children inherit)."""
     if level is not None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
     asked = "TF_CPP_MIN_LOG_LEVEL" in os.environ
     # 3: TensorFlow's C++ ERROR lines too (e.g. oneDNN's "DT_INT32 only with AVX-512" on every CPU
     # without it); a failure still ends in the command's own message.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules or not import_now:
         return
     try:
         with _quiet_stderr(enabled=not asked or os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "2"):
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"sim-tf: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    quiet_tensorflow_import(level)
+    # `launch` never needs TensorFlow, and must stay single-threaded until it has entered its private network.
+    quiet_tensorflow_import(level, import_now=name != "launch")
     module_name, kwargs, _ = COMMANDS[name]
     module = importlib.import_module(module_name)
     run_command(name, argv[1:], functools.partial(module.main, **kwargs), module)

@@ -215,7 +215,24 @@ def create_strategy(choice: StrategyChoice, collective_timeout_s: float = 0.0):
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=implementation, timeout_seconds=collective_timeout_s or None
     )
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except (tf.errors.OpError, RuntimeError) as e:
+        if "Could not start gRPC server" not in str(e):
+            raise
+        raise UserError(f"worker {choice.cluster.task_index} could not listen on {own_address()}: the port is taken or "
+                        f"not allowed; free it or give this worker another port in TF_CONFIG") from None
+
+
+def own_address(environ=None) -> str:
+    """This task's HOST:PORT from TF_CONFIG ("?" when it cannot be read)."""
+    environ = os.environ if environ is None else environ
+    try:
+        config = json.loads(environ.get("TF_CONFIG", "{}"))
+        task = config["task"]
+        return config["cluster"][task["type"]][int(task["index"])]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return "?"
 
 
 def describe(choice: StrategyChoice, strategy) -> str:

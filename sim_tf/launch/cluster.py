@@ -15,6 +15,8 @@ def tf_config(workers: list[str], index: int) -> dict:
     for address in workers:
         if not re.fullmatch(r"[^\s:,]+:\d{1,5}", address):
             raise UserError(f"worker address {address!r} is not HOST:PORT")
+        if not 1 <= int(address.rsplit(":", 1)[1]) <= 65535:
+            raise UserError(f"worker address {address!r}: the port must be between 1 and 65535")
     if len(set(workers)) != len(workers):
         raise UserError(f"worker addresses must be distinct, got {workers}")
     if not 0 <= index < len(workers):

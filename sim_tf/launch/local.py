@@ -20,6 +20,7 @@ from collections import deque
 
 from sim_tf.errors import UserError
 from sim_tf.launch.cluster import tf_config
+from sim_tf.launch.isolation import IsolationError, enter_private_network
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -81,9 +82,12 @@ def run_local(
     timeout_s: float = 0.0,
     out=None,
     env=None,
+    private_network: bool = True,
 ) -> int:
     """Runs ``python -m sim_tf COMMAND`` as ``num_workers`` local workers; returns the exit status.
 
+    With ``private_network`` (the default) this process first moves into a network namespace of its own
+    (see isolation.py), so the workers' ports are reachable from nothing but each other.
     SIGINT/SIGTERM to the launcher are forwarded to the workers (so they can checkpoint and exit).
     """
     if num_workers < 1:
@@ -92,6 +96,16 @@ def run_local(
         raise UserError("nothing to run: put the trainer's arguments after `--`, e.g. "
                         "`sim-tf launch local --num_workers 2 -- train --dataset_dir DIR`")
     out = out or sys.stdout
+    if private_network:
+        try:
+            enter_private_network()
+        except IsolationError as e:
+            raise IsolationError(
+                f"cannot give the workers a private network ({e}); `--network host` runs them on this "
+                f"machine's network instead, where their ports are reachable from other machines") from None
+        where = "a private network namespace (reachable only from each other)"
+    else:
+        where = "this machine's network: their ports listen on every interface, reachable from other machines"
     addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
     lock = threading.Lock()
     workers: list[_Worker] = []
@@ -113,7 +127,7 @@ def run_local(
         workers.append(worker)
     with lock:
         out.write(f"[launcher] started {num_workers} worker(s) on {', '.join(addresses)} "
-                  f"(pids {', '.join(str(w.process.pid) for w in workers)})\n")
+                  f"(pids {', '.join(str(w.process.pid) for w in workers)}) in {where}\n")
         out.flush()
 
     stop_requested = []

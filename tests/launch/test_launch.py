@@ -186,7 +186,96 @@ def test_cluster_scripts_parse():
     for script in ("slurm.sbatch", "ssh_start.sh"):
         subprocess.run(["bash", "-n", os.path.join(root, script)], check=True)
     job = list(yaml.safe_load_all(open(os.path.join(root, "k8s", "indexed-job.yaml"))))
-    assert [d["kind"] for d in job] == ["Service", "Job"]
+    assert [d["kind"] for d in job] == ["Service", "Job", "NetworkPolicy"]
     assert job[1]["spec"]["completionMode"] == "Indexed"
-    tfjob = yaml.safe_load(open(os.path.join(root, "k8s", "tfjob.yaml")))
+    # Only the job's own pods may reach a worker's port.
+    policy = job[2]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"job-name": "sim-tf"}
+    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"job-name": "sim-tf"}}}],
+                                  "ports": [{"protocol": "TCP", "port": 23456}]}]
+    tfjob, tf_policy = yaml.safe_load_all(open(os.path.join(root, "k8s", "tfjob.yaml")))
     assert tfjob["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 2
+    own = {"training.kubeflow.org/job-name": "sim-tf"}
+    assert tf_policy["spec"]["podSelector"]["matchLabels"] == own
+    assert tf_policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": own}}]}]
+
+
+@pytest.mark.parametrize("script", ["ssh_start.sh", "slurm.sbatch"])
+def test_cluster_scripts_pass_each_argument_whole_and_run_nothing_from_it(tmp_path, script):
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "launch")
+    bin_dir, record, canary = tmp_path / "bin", tmp_path / "args.json", tmp_path / "pwned"
+    bin_dir.mkdir()
+    stubs = {
+        # ssh HOST COMMAND runs COMMAND through the remote user's shell: so does this stand-in.
+        "ssh": '#!/bin/bash\nwhile [ "$1" = -o ]; do shift 2; done\nshift\nexec bash -c "$1"\n',
+        # srun runs its command once per task; its own options come first.
+        "srun": '#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n',
+        "sim-tf": '#!/bin/bash\nif [ "$1" = launch ]; then echo \'{"task": {"index": 0}}\'; exit 0; fi\n'
+                  f'exec {sys.executable} -c "import json, sys; json.dump(sys.argv[1:], open(\'{record}\', \'w\'))" "$@"\n',
+    }
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    hostile = ["--dataset_dir", "/data/with space", f"--results_dir=$(touch {canary})", "a;b", "`id`"]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "7"}
+    args = ["bash", os.path.join(root, script)] + (["h1", "--"] if script == "ssh_start.sh" else []) + hostile
+    subprocess.run(args, env=env, check=True, timeout=60, capture_output=True)
+    received = json.loads(record.read_text())
+    for arg in hostile:
+        assert arg in received, (arg, received)
+    assert not canary.exists()
+
+
+def _external_addresses():
+    """This machine's own non-loopback IPv4 addresses (no traffic is sent to find them)."""
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [a for a in out if "." in a and not a.startswith("127.")]
+
+
+def _connects(host, port):
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(2)
+        try:
+            s.connect((host, port))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.mark.parametrize("network", ["private", "host"])
+def test_local_workers_are_reachable_only_from_each_other(one_file_dataset, tmp_path, network):
+    """With the default private network, a running job's worker ports refuse connections from this
+    machine's own external address (and from its loopback, which is another namespace's); with
+    `--network host` (the control) the same probe gets through, so the probe can see an open port."""
+    external = _external_addresses()
+    if not external:
+        pytest.skip("this machine has no non-loopback IPv4 address to probe from")
+    args = ["train", *trainer_args(one_file_dataset, tmp_path, epochs=50, log_every_steps=8)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen([sys.executable, "-m", "sim_tf", "launch", "local", "--num_workers", "2",
+                                f"--network={network}", "--", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        lines = _read_until(process, r"\[worker 0\] epoch 1/50", 120)
+        started = [line for line in lines if line.startswith("[launcher] started")]
+        assert started, lines
+        ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", started[0])]
+        assert len(ports) == 2
+        reached = {(host, port): _connects(host, port) for host in external + ["127.0.0.1"] for port in ports}
+        if network == "private":
+            assert "private network namespace" in started[0]
+            assert not any(reached.values()), reached
+        else:
+            assert all(reached[(host, port)] for host in external for port in ports), reached
+    finally:
+        process.send_signal(signal.SIGTERM)  # forwarded: the workers stop after their current step
+        try:
+            process.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
