@@ -49,3 +49,21 @@ def atomic_write_text(path: str, text: str) -> None:
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def ensure_writable_folder(path: str, flag: str) -> None:
+    """Creates ``path`` if needed and proves a file can be written in it, or raises one UserError naming
+    ``flag``; run at start-up, so a bad output location fails before any work is done. Remote URLs
+    (gs://, hdfs://, ...) are checked by the first write instead."""
+    if not path or "://" in path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".sim_tf_write_check-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except FileExistsError:
+        raise UserError(f"{flag} {path!r} is a file, not a folder") from None
+    except OSError as e:
+        raise UserError(f"{flag} {path!r} is not a writable folder: {e.strerror or e}") from None

@@ -216,3 +216,38 @@ def make_dataset(
     ds_options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     ds = ds.with_options(ds_options)
     return ds.prefetch(options.prefetch)
+
+
+def first_unreadable_file(spec: fs.FeatureSpec, mappings=("train", "test")) -> tuple[str, str] | None:
+    """(file, reason) of the first data file whose TFRecord framing is corrupt (bad length or CRC), found by
+    reading every file once; None when every file reads. Used after a DataLossError, which does not name
+    the file it came from."""
+    for mapping in mappings:
+        for path in spec.files(mapping):
+            try:
+                for _ in tf.data.TFRecordDataset(path):
+                    pass
+            except tf.errors.OpError as e:
+                return path, (e.message or type(e).__name__).strip().splitlines()[0][:200]
+    return None
+
+
+def first_bad_records(spec: fs.FeatureSpec, mappings=("train", "test")) -> tuple[str, str] | None:
+    """(file, reason) of the first file whose records do not parse as the spec says (a feature of the wrong
+    type, or of the wrong length); None when every record parses. Used after an InvalidArgumentError
+    inside the pipeline, which names neither the file nor the record."""
+    parse_spec = _parse_spec(spec, ragged=True)
+    for mapping in mappings:
+        for path in spec.files(mapping):
+            try:
+                for batch in tf.data.TFRecordDataset(path).batch(256):
+                    parsed = tf.io.parse_example(batch, parse_spec)
+                    labels = parsed[spec.label_feature].row_lengths()
+                    for name in spec.channel_features():
+                        per_sample = spec.history_length if spec.is_history(name) else 1
+                        if not tf.reduce_all(parsed[name].row_lengths() == labels * per_sample):
+                            return path, (f"feature {name!r} does not hold {per_sample} value(s) per sample in "
+                                          f"every record")
+            except tf.errors.OpError as e:
+                return path, (e.message or type(e).__name__).strip().splitlines()[0][:200]
+    return None

@@ -26,6 +26,10 @@ from sim_tf.data.feature_spec import (
     normalize_path,
 )
 
+# Ids are int32 inside the model and a table has cardinality + 2 rows (padding, OOV); 2**31 - 3 keeps every
+# id representable. Tables beyond ~1e9 rows would not fit one machine's memory in any case.
+MAX_CARDINALITY = 2**31 - 3
+
 
 def validate(spec: FeatureSpec, check_files: bool = True, source: str = "feature spec") -> None:
     """Raises FeatureSpecError on the first problem found; returns None for a usable spec."""
@@ -91,6 +95,11 @@ def validate(spec: FeatureSpec, check_files: bool = True, source: str = "feature
                 raise FeatureSpecError(
                     f"{where}: feature {name!r} has cardinality {card!r}; it must be a positive integer"
                 )
+            if card > MAX_CARDINALITY:
+                raise FeatureSpecError(
+                    f"{where}: feature {name!r} has cardinality {card:,}; at most {MAX_CARDINALITY:,} is supported "
+                    f"(ids are 32-bit in the model, and a table of that many rows would not fit in memory anyway)"
+                )
     for i, names in enumerate(zip(*(channels[c] for c in ITEM_CHANNELS))):
         cards = {n: features[n]["cardinality"] for n in names}
         if len(set(cards.values())) != 1:
@@ -127,6 +136,15 @@ def validate(spec: FeatureSpec, check_files: bool = True, source: str = "feature
                     f"{where}: feature {name!r} in channel {channel!r} is a scalar and cannot have "
                     f"dimensions {dims!r}"
                 )
+
+    samples = spec.metadata.get("samples", {})
+    if not isinstance(samples, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in samples.values()):
+        raise FeatureSpecError(f"{where}: metadata.samples must map each split to a whole number of samples, got "
+                               f"{samples!r}")
+    prebatch = spec.metadata.get("prebatch_size", 1)
+    if isinstance(prebatch, bool) or not isinstance(prebatch, int) or prebatch < 1:
+        raise FeatureSpecError(f"{where}: metadata.prebatch_size must be a whole number >= 1, got {prebatch!r}")
 
     policy = spec.metadata.get("out_of_range_ids", "error")
     if policy not in OUT_OF_RANGE_POLICIES:

@@ -18,6 +18,7 @@ sizes, which :func:`build_model` takes from a FeatureSpec.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import keras
@@ -51,8 +52,8 @@ class ModelConfig:
             raise ValueError(f"embedding_dim must be a positive integer, got {self.embedding_dim!r}")
         if not isinstance(self.top_k, int) or self.top_k <= 0:
             raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
-        if self.dropout_rate >= 1.0:
-            raise ValueError(f"dropout_rate must be < 1 (-1 disables dropout), got {self.dropout_rate}")
+        if not (self.dropout_rate < 1.0 and math.isfinite(self.dropout_rate)):
+            raise ValueError(f"dropout_rate must be a finite number < 1 (-1 disables dropout), got {self.dropout_rate}")
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
 

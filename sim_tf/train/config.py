@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -13,6 +14,9 @@ from sim_tf.models.models import MODEL_TYPES, ModelConfig
 from sim_tf.train.optimizers import OPTIMIZERS
 
 MODES = ("train", "evaluate", "inference")
+MAX_SHUFFLE_BUFFER = 10_000_000  # records held in memory; TensorFlow crashes allocating far larger buffers
+MAX_THREADS = 1024
+MAX_BATCH = 2**24  # sample counts are summed in float32, exact up to 2**24
 AMP_DTYPES = ("auto", "float16", "bfloat16")
 
 
@@ -80,14 +84,16 @@ class TrainConfig:
         need(self.model_type in MODEL_TYPES, f"--model_type must be one of {list(MODEL_TYPES)}, got {self.model_type!r}")
         need(bool(self.dataset_dir), "--dataset_dir is required: the folder with feature_spec.yaml and the TFRecords")
         need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
-        need(self.lr > 0, f"--lr must be > 0, got {self.lr}")
-        need(self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a finite number > 0, got {self.lr}")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight_decay must be a finite number >= 0, got {self.weight_decay}")
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.global_batch_size >= 1, f"--global_batch_size must be >= 1, got {self.global_batch_size}")
         need(self.amp_dtype in AMP_DTYPES, f"--amp_dtype must be one of {list(AMP_DTYPES)}, got {self.amp_dtype!r}")
         need(self.repeat_count >= 0, f"--repeat_count must be >= 0, got {self.repeat_count}")
         need(self.long_seq_length >= 1, f"--long_seq_length must be >= 1, got {self.long_seq_length}")
-        need(self.shuffle_buffer >= 0, f"--shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        need(0 <= self.shuffle_buffer <= MAX_SHUFFLE_BUFFER,
+             f"--shuffle_buffer must be between 0 and {MAX_SHUFFLE_BUFFER:,} records, got {self.shuffle_buffer}")
         need(self.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         need(self.checkpoint_every_steps >= 0, f"--checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
         need(self.benchmark_warmup_steps >= 0, f"--benchmark_warmup_steps must be >= 0, got {self.benchmark_warmup_steps}")
@@ -98,7 +104,15 @@ class TrainConfig:
         need(self.strategy in STRATEGIES, f"--strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         need(self.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {self.cpu_replicas}")
         need(self.microbatches >= 0, f"--microbatches must be >= 0 (0: automatic), got {self.microbatches}")
-        need(self.collective_timeout_s >= 0, f"--collective_timeout_s must be >= 0, got {self.collective_timeout_s}")
+        need(math.isfinite(self.collective_timeout_s) and self.collective_timeout_s >= 0,
+             f"--collective_timeout_s must be a finite number >= 0, got {self.collective_timeout_s}")
+        for name in ("inter_op_parallelism", "intra_op_parallelism"):
+            value = getattr(self, name)
+            need(0 <= value <= MAX_THREADS, f"--{name} must be between 0 (TensorFlow's default) and {MAX_THREADS}, "
+                                            f"got {value}")
+        need(0 <= self.seed < 2**31, f"--seed must be between 0 and 2**31 - 1 (or -1: random), got {self.seed}")
+        need(self.global_batch_size <= MAX_BATCH, f"--global_batch_size must be at most {MAX_BATCH:,}, "
+                                                  f"got {self.global_batch_size}")
         need(self.prebatch_train_size >= 0 and self.prebatch_test_size >= 0, "--prebatch_*_size must be >= 0")
         if self.profile_steps is not None:
             start, end = self.profile_steps
@@ -107,6 +121,10 @@ class TrainConfig:
 
     def validate_for(self, spec, replicas: int = 1) -> None:
         """The checks that need the dataset (its history length) and the replica count."""
+        per_replica = self.global_batch_size // max(1, replicas)
+        if self.microbatches > per_replica:
+            raise UserError(f"--microbatches {self.microbatches} is more than the {per_replica} samples each replica "
+                            f"gets per step (--global_batch_size {self.global_batch_size} over {replicas} replica(s))")
         if not 0 < self.long_seq_length < spec.history_length:
             raise UserError(
                 f"--long_seq_length {self.long_seq_length} must be between 1 and {spec.history_length - 1}: "

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from sim_tf.data.inputs import DataError
 from sim_tf.errors import UserError
 from sim_tf.train.measure import percentiles
 
@@ -19,10 +20,11 @@ class Evaluator:
     when ``forever``).
     """
 
-    def __init__(self, strategy, task, datasets: Callable):
+    def __init__(self, strategy, task, datasets: Callable, expected_samples: dict[str, int] | None = None):
         self.strategy = strategy
         self.task = task
         self.datasets = datasets
+        self.expected_samples = expected_samples or {}
         self._predict_fn = None
 
     def _compiled_predict(self):
@@ -57,6 +59,11 @@ class Evaluator:
                 latencies.append((time.perf_counter() - started, int(y.shape[0])))
         if not labels:
             raise UserError(f"the {mapping!r} mapping produced no samples")
+        read, expected = sum(len(y) for y in labels), self.expected_samples.get(mapping)
+        if batches is None and expected is not None and read != expected:
+            raise DataError(f"the {mapping} split delivered {read:,} samples but holds {expected:,}: a data file is "
+                            f"truncated, missing or was changed after the dataset was written; no metrics are "
+                            f"reported on part of a split")
         return np.concatenate(probabilities), np.concatenate(labels), np.concatenate(users), latencies
 
     def evaluate(self, mapping: str = "test") -> dict:

@@ -78,7 +78,13 @@ class CtrTask:
         return optimizer
 
     def sample_count(self, mapping: str) -> int:
+        """Samples in ``mapping``: as the spec's metadata declares, else counted from the records."""
         return data.sample_count(self.spec, mapping)
+
+    def declared_count(self, mapping: str) -> int | None:
+        """The count the spec's metadata declares for ``mapping``, None when it declares none."""
+        stored = self.spec.metadata.get("samples", {})
+        return int(stored[mapping]) if isinstance(stored, dict) and mapping in stored else None
 
     @functools.cached_property
     def train_fits_in_memory(self) -> bool:
@@ -161,7 +167,7 @@ class CtrTask:
         return loss, tape.gradient(scaled, variables)
 
     def train_step(self, batch):
-        """One replica's step; returns its share of the global mean loss."""
+        """One replica's step; returns (its share of the global mean loss, the step's global sample count)."""
         features, labels = batch
         context = tf.distribute.get_replica_context()
         global_counts = context.all_reduce(tf.distribute.ReduceOp.SUM, self.local_counts(features, labels))
@@ -171,7 +177,7 @@ class CtrTask:
         if self.loss_scaling and self.num_replicas > 1:
             grads = self._agree_on_finiteness(context, grads)
         self.optimizer.apply(grads, self.model.trainable_variables)
-        return loss
+        return loss, global_counts[0]
 
     @staticmethod
     def _agree_on_finiteness(context, grads):

@@ -13,7 +13,9 @@ from typing import Callable
 import tensorflow as tf
 
 from sim_tf.data import feature_spec as fs
-from sim_tf.data.inputs import explain_data_error
+from sim_tf.data.atomic import ensure_writable_folder
+from sim_tf.data import dataset as data
+from sim_tf.data.inputs import DataError, explain_data_error
 from sim_tf.errors import UserError
 from sim_tf.train.config import TrainConfig
 from sim_tf.train.measure import peak_rss_bytes, weights_digest
@@ -43,7 +45,11 @@ def create_trainer(config: TrainConfig, echo: Callable[[str], None] | None = pri
 
     spec = fs.FeatureSpec.from_yaml(os.path.join(config.dataset_dir, config.feature_spec))
     is_chief = distribute.read_tf_config().is_chief
-    os.makedirs(config.results_dir, exist_ok=True)
+    ensure_writable_folder(config.results_dir, "--results_dir")
+    if is_chief and config.mode == "train":
+        ensure_writable_folder(config.tensorboard_path, "--tensorboard_dir" if config.tensorboard_dir else
+                               "--results_dir (its tensorboard folder)")
+        ensure_writable_folder(config.save_checkpoint_path, "--save_checkpoint_path")
     log_path = os.path.join(config.results_dir, config.log_filename) if is_chief else None
     return Trainer(config, spec, RunLog(log_path, echo if is_chief else None))
 
@@ -69,11 +75,18 @@ def run_mode(trainer: Trainer) -> dict:
                 result = trainer.evaluator.evaluate("test")
                 summary = {"test_auc": result["auc"], "test_loss": result["loss"], "test_gauc": result["gauc"],
                            "samples": result["samples"]}
+    except tf.errors.DataLossError:
+        found = data.first_unreadable_file(trainer.task.spec)
+        where = f"data file {found[0]!r} is corrupt ({found[1]})" if found else "a data file is corrupt"
+        raise DataError(f"{where}: rewrite it from its source (sim-tf convert / synthesize)") from None
     except tf.errors.InvalidArgumentError as e:
         explained = explain_data_error(e)
         if explained is not None:
             raise explained from None
-        raise
+        found = data.first_bad_records(trainer.task.spec)
+        if found is None:
+            raise
+        raise DataError(f"data file {found[0]!r} does not match its FeatureSpec: {found[1]}") from None
     except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
             tf.errors.CancelledError, tf.errors.InternalError) as e:
         if trainer.cluster.num_workers <= 1:

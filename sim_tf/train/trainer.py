@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from sim_tf import distribute
 from sim_tf.data import feature_spec as fs
+from sim_tf.data.inputs import DataError
 from sim_tf.errors import Interrupted, UserError
 from sim_tf.progress import format_duration
 from sim_tf.train.checkpoints import TrainingCheckpoints
@@ -73,8 +74,8 @@ class Trainer:
         config.validate_for(spec, replicas)
         # The resolved thread count (0: TensorFlow's default, one per core), recorded in config.json.
         self.intra_op_threads = tf.config.threading.get_intra_op_parallelism_threads()
-        self.microbatches = config.microbatches or distribute.auto_microbatches(
-            num_gpus, distribute.usable_cores(), config.mode == "train", self.intra_op_threads, config.xla)
+        self.microbatches = config.microbatches or min(config.global_batch_size // replicas, distribute.auto_microbatches(
+            num_gpus, distribute.usable_cores(), config.mode == "train", self.intra_op_threads, config.xla))
         self.task = CtrTask(config, spec, replicas, loss_scaling, self.microbatches)
         self.log.say(distribute.describe(self.choice, self.strategy) + f", precision {self.policy}"
                      + (", XLA" if config.xla else ""))
@@ -92,8 +93,9 @@ class Trainer:
             config.save_checkpoint_path, config.keep_checkpoints, self.is_chief, self.cluster.task_index)
         self.summaries = Summaries(config.tensorboard_path, enabled=self.is_chief)
         self.profiler = Profiler(config.tensorboard_path, config.profile_steps, self.is_chief, log.say)
-        self.evaluator = Evaluator(self.strategy, self.task, lambda mapping, forever: self.datasets(mapping, 0, forever=forever))
         self.samples = {m: self.task.sample_count(m) for m in ("train", "test")}
+        self.evaluator = Evaluator(self.strategy, self.task, lambda mapping, forever: self.datasets(mapping, 0, forever=forever),
+                                   self.samples)
         self._train_loop_fn = None
         self._stop_signal = 0
 
@@ -116,12 +118,15 @@ class Trainer:
         def train_loop(iterator, steps, stop_requested):
             loss_sum = tf.constant(0.0, tf.float32)
             done = tf.constant(0, tf.int64)
+            samples = tf.constant(0, tf.int64)
             for _ in tf.range(steps):
                 optional = iterator.get_next_as_optional()
                 if not optional.has_value():
                     break
-                per_replica = strategy.run(task.train_step, args=(optional.get_value(),))
-                loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+                loss, step_samples = strategy.run(task.train_step, args=(optional.get_value(),))
+                loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+                # Every replica holds the same global count: take the first replica's.
+                samples += tf.cast(strategy.experimental_local_results(step_samples)[0], tf.int64)
                 done += 1
             self.global_step.assign_add(done)
             self.step_in_epoch.assign_add(done)
@@ -133,7 +138,7 @@ class Trainer:
                 stop = votes > 0
             else:
                 stop = tf.convert_to_tensor(stop_requested)
-            return loss_sum, done, stop
+            return loss_sum, done, stop, samples
 
         return train_loop
 
@@ -160,6 +165,20 @@ class Trainer:
 
     def next_chunk(self, step: int) -> int:
         return next_chunk(self.config, step)
+
+    def check_epoch_samples(self, epoch: int, read: int, skipped_steps: int):
+        """Stops the run when an epoch trained on another number of samples than the dataset declares (a
+        truncated or missing file loses whole records without any read error)."""
+        c = self.config
+        declared = self.samples["train"] * max(1, c.repeat_count)
+        expected = (declared // c.global_batch_size) * c.global_batch_size if c.drop_remainder else declared
+        expected -= skipped_steps * c.global_batch_size
+        if read != expected:
+            source = "the FeatureSpec's metadata" if self.task.declared_count("train") else "counting its records"
+            raise DataError(
+                f"epoch {epoch + 1} read {read:,} training samples but the train split holds {expected:,} (from "
+                f"{source}): a data file is truncated, missing or was changed after the dataset was written; "
+                f"check it with `sim-tf inspect --dataset_dir {c.dataset_dir}`")
 
     def _request_stop(self, signum, frame):
         if self._stop_signal and signum == signal.SIGINT:
@@ -237,7 +256,9 @@ class Trainer:
         latencies: list[float] = []
         first_loop_seconds, run_started, last_loss, last_eval = None, time.perf_counter(), float("nan"), {}
         for epoch in range(start_epoch, last_epoch):
-            iterator = iter(self.datasets("train", epoch, skip_steps=int(self.step_in_epoch.numpy())))
+            skipped = int(self.step_in_epoch.numpy())
+            iterator = iter(self.datasets("train", epoch, skip_steps=skipped))
+            epoch_samples = 0
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             epoch_started, stop_now = time.perf_counter(), False
             while True:
@@ -245,9 +266,10 @@ class Trainer:
                 self.profiler.at_step(step)
                 chunk = self.next_chunk(step)
                 started = time.perf_counter()
-                loss_sum, done, stop = self._train_loop_fn(
+                loss_sum, done, stop, samples = self._train_loop_fn(
                     iterator, tf.constant(chunk, tf.int64), tf.constant(bool(self._stop_signal)))
                 done, loss_sum = int(done.numpy()), float(loss_sum.numpy())
+                epoch_samples += int(samples.numpy())
                 elapsed = time.perf_counter() - started
                 if done:
                     # Untimed: the warm-up steps of a benchmark, or the first call (tracing, compilation).
@@ -278,12 +300,14 @@ class Trainer:
             self.profiler.stop()
             if c.benchmark:
                 break
+            self.check_epoch_samples(epoch, epoch_samples, skipped)
             self.epoch.assign(epoch + 1)
             self.step_in_epoch.assign(0)
             self.log.record("epoch", epoch=epoch, step=int(self.global_step.numpy()), train_loss=last_loss,
                             seconds=time.perf_counter() - epoch_started)
-            last_eval = self.evaluate_and_log(epoch)
+            # Save before evaluating: an evaluation that fails must not cost the epoch.
             path = self.save()
+            last_eval = self.evaluate_and_log(epoch)
             if stop_now and epoch + 1 < c.epochs:
                 self._stop(int(self.global_step.numpy()), epoch, epoch_done=True, path=path)
         throughput = c.global_batch_size * len(latencies) / sum(latencies) if latencies else None

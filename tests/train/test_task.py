@@ -74,8 +74,8 @@ def test_task_builds_model_optimizer_inputs_and_one_step_from_a_spec(tiny_datase
     features, labels = next(iter(task.build_inputs("train")))
     assert labels.shape == (64,)
     before = [v.numpy().copy() for v in model.trainable_variables]
-    loss = tf.distribute.get_strategy().run(task.train_step, args=((features, labels),))
-    assert np.isfinite(float(loss)) and optimizer.iterations.numpy() == 1
+    loss, samples = tf.distribute.get_strategy().run(task.train_step, args=((features, labels),))
+    assert np.isfinite(float(loss)) and float(samples) == 64 and optimizer.iterations.numpy() == 1
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
     probabilities, y, users = task.predict_step(next(iter(task.build_inputs("test"))))
     assert probabilities.shape == y.shape == users.shape
