@@ -48,7 +48,7 @@ def usage() -> str:
     lines = ["usage: sim-tf COMMAND [--flags]   (sim-tf COMMAND --help for a command's flags)", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_text}" for name, (_, _, help_text) in COMMANDS.items()]
     lines += ["", f"every command also takes {TF_LOG_FLAG}=N: TensorFlow's C++ log level (0 shows everything; "
-                  "default 3, or TF_CPP_MIN_LOG_LEVEL)"]
+                  "default 3, or TF_CPP_MIN_LOG_LEVEL), and --debug: a traceback instead of a one-line error"]
     return "\n".join(lines)
 
 
@@ -139,6 +139,9 @@ def run_command(name: str, argv: list[str], run: Callable, module=None) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     level, argv = tf_log_level(argv)
+    if "--debug" in argv:  # tracebacks instead of one-line messages, in this process and its children
+        argv.remove("--debug")
+        os.environ["SIM_TF_DEBUG"] = "1"
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(usage())
         sys.exit(0 if len(argv) >= 2 else 2)
@@ -154,23 +157,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _guarded(program: str, run):
-    """Runs a command; a UserError becomes one line on stderr and exit status 1."""
-    from sim_tf.errors import UserError
+    """Runs a command under sim_tf.faults.guard: one line on stderr for a user's error or an outside fault."""
 
     def wrapped(argv):
         from absl import logging
 
-        from sim_tf.errors import Interrupted
+        from sim_tf import faults
 
         logging.set_verbosity(logging.WARNING)  # TensorFlow's Python INFO lines (checkpoint sharding, ...)
-        try:
-            return run(argv)
-        except UserError as e:
-            print(f"{program}: error: {e}", file=sys.stderr)
-            sys.exit(1)
-        except Interrupted as e:
-            print(f"{program}: {e}", file=sys.stderr)
-            sys.exit(Interrupted.exit_code)
+        return faults.guard(program, run, argv)
 
     return wrapped
 

@@ -6,9 +6,12 @@ class UserError(ValueError):
 
 
 class Interrupted(Exception):
-    """The run stopped early on request (SIGTERM/SIGINT) after saving a checkpoint; rerun to resume.
+    """The run stopped early on request (SIGTERM/SIGINT).
 
-    Exits with status 75 (EX_TEMPFAIL: try again), so schedulers that restart failed jobs restart it.
+    After saving a checkpoint it exits with status 75 (EX_TEMPFAIL: try again), so schedulers that restart
+    failed jobs restart it and it resumes; with nothing saved, with 128 + the signal number.
     """
 
-    exit_code = 75
+    def __init__(self, message: str, exit_code: int = 75):
+        super().__init__(message)
+        self.exit_code = exit_code

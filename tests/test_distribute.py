@@ -60,8 +60,8 @@ def test_impossible_combinations_are_user_errors(args, message):
 @pytest.mark.parametrize("overrides,message", [
     ({"strategy": "ps"}, "--strategy must be one of"),
     ({"cpu_replicas": 0}, "--cpu_replicas must be >= 1"),
-    ({"lr": 0.0}, "--lr must be > 0"),
-    ({"weight_decay": -0.1}, "--weight_decay must be >= 0"),
+    ({"lr": 0.0}, "--lr must be a finite number > 0"),
+    ({"weight_decay": -0.1}, "--weight_decay must be a finite number >= 0"),
     ({"optimizer": "rmsprop"}, "--optimizer must be one of"),
     ({"global_batch_size": 0}, "--global_batch_size must be >= 1"),
     ({"long_seq_length": 0}, "--long_seq_length must be >= 1"),

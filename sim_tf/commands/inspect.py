@@ -14,7 +14,8 @@ from sim_tf.data import inputs
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset_dir", None, "Folder holding the FeatureSpec and the TFRecord files.")
 flags.DEFINE_string("feature_spec", fs.DEFAULT_FEATURE_SPEC_NAME, "Name of the FeatureSpec file in --dataset_dir.")
-flags.DEFINE_integer("long_seq_length", 90, "Long/short history split used for the sample batch (clipped to L - 1).")
+flags.DEFINE_integer("long_seq_length", 90, "Long/short history split used for the sample batch (clipped to L - 1).",
+                     lower_bound=1)
 flags.mark_flag_as_required("dataset_dir")
 
 

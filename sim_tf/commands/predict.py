@@ -17,7 +17,9 @@ from absl import flags
 from sim_tf.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "SavedModel folder written by `sim-tf export`.")
+flags.DEFINE_string("model", None, "SavedModel folder written by `sim-tf export`. Use only models you trust: a "
+                    "SavedModel runs whatever operations it holds, file writes included.")
+flags.DEFINE_boolean("overwrite", False, "Replace an existing --output.")
 flags.DEFINE_string("input", None, "TFRecord dataset folder (with feature_spec.yaml) or BYO parquet folder.")
 flags.DEFINE_string("output", None, "Output file: .parquet or .csv.")
 flags.DEFINE_string("mapping", "test", "Split to predict (TFRecord: a source_spec mapping; parquet: a sub-folder).")
@@ -34,4 +36,4 @@ def main(argv):
     from sim_tf.serve import predict
 
     predict.predict(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.mapping, FLAGS.batch_size,
-                    FLAGS.number_of_user_features, FLAGS.columns)
+                    FLAGS.number_of_user_features, FLAGS.columns, FLAGS.overwrite)

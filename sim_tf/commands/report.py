@@ -25,8 +25,9 @@ def plot(records: list[dict], output: str) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("`sim-tf report` needs matplotlib: pip install 'sim-tf[plot]'") from None
-    steps = [r for r in records if r["type"] == "step"]
-    evals = [r for r in records if r["type"] == "eval"]
+    # A record without the keys a plot needs (another tool's log, a newer or older format) is left out.
+    steps = [r for r in records if r.get("type") == "step" and {"step", "train_loss"} <= set(r)]
+    evals = [r for r in records if r.get("type") == "eval" and {"step", "test_auc", "test_gauc"} <= set(r)]
     if not steps and not evals:
         raise UserError("the log has no training steps or evaluations to plot")
     figure, (loss_ax, auc_ax, roc_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
@@ -39,7 +40,7 @@ def plot(records: list[dict], output: str) -> str:
         auc_ax.plot(x, [r["test_gauc"] for r in evals], marker="s", label="test GAUC")
         auc_ax.legend()
         last = evals[-1]
-        if "roc" in last:
+        if isinstance(last.get("roc"), list) and len(last["roc"]) == 2:
             fpr, tpr = last["roc"]
             roc_ax.plot(fpr, tpr, label=f"AUC {last['test_auc']:.4f}")
             roc_ax.legend(loc="lower right")
@@ -48,8 +49,14 @@ def plot(records: list[dict], output: str) -> str:
     roc_ax.set(title="ROC (last evaluation)", xlabel="false positive rate", ylabel="true positive rate",
                xlim=(0, 1), ylim=(0, 1))
     figure.tight_layout()
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
+    partial = f"{output}.partial-{os.getpid()}.png"
+    try:
+        figure.savefig(partial, dpi=100)
+        os.replace(partial, output)  # the picture appears only when complete
+    finally:
+        plt.close(figure)
+        if os.path.exists(partial):
+            os.remove(partial)
     return output
 
 
@@ -58,5 +65,6 @@ def main(argv):
         raise UserError("usage: sim-tf report RESULTS_DIR [--output report.png]")
     results = argv[1]
     output = FLAGS.output or os.path.join(results, "report.png")
-    plot(read_log(os.path.join(results, FLAGS.log_filename)), output)
+    # skip_bad_lines: the last line of a killed run's log may be cut short.
+    plot(read_log(os.path.join(results, FLAGS.log_filename), skip_bad_lines=True), output)
     print(f"wrote {output}")

@@ -9,6 +9,26 @@ import shutil
 from sim_tf.errors import UserError
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(parent: str, name: str) -> None:
+    """Removes staging folders ``.NAME.partial-PID`` left by runs that were killed (their PID is gone)."""
+    prefix = f".{name}.partial-"
+    for entry in os.listdir(parent):
+        if entry.startswith(prefix):
+            pid = entry[len(prefix):].split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(output: str, overwrite: bool = False):
     """Yields a staging folder beside ``output``; on success it is renamed to ``output``.
@@ -21,6 +41,7 @@ def atomic_directory(output: str, overwrite: bool = False):
         raise UserError(f"{output!r} already exists and is not empty; pass --overwrite to replace it")
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
+    remove_stale_partials(parent, os.path.basename(output))
     staging = os.path.join(parent, f".{os.path.basename(output)}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)

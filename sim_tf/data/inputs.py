@@ -74,7 +74,7 @@ def checked_ids(values: tf.Tensor, name: str, cardinality: int, out_of_range: st
                 "- fix the data, or set out_of_range_ids: oov in the FeatureSpec metadata to map such ids "
                 "to an out-of-vocabulary row",
             ],
-            name=f"check_ids_{name}",
+            name="check_ids_" + re.sub(r"[^A-Za-z0-9_.\-]", "_", name),  # op names allow no spaces or non-ASCII
         )
         with tf.control_dependencies([check]):
             values = tf.identity(values)

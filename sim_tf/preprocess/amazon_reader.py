@@ -33,6 +33,9 @@ _META_ASIN = re.compile(r"""['"]asin['"]\s*:\s*(['"])(.*?)\1""")
 _META_CATEGORIES = re.compile(r"""['"]categories['"]\s*:\s*\[\s*(\[.*?\])""")
 
 
+MAX_TIMESTAMP = 2**62  # seconds; anything larger is not a time and would overflow the int64 column
+
+
 @dataclasses.dataclass
 class InputReport:
     """What was read and what was skipped, with the first few line numbers of each problem."""
@@ -84,7 +87,7 @@ def _parse_review_lines(lines, first_line: int, strict: bool, path: str, progres
             report.problem("not a JSON object", number, strict, path)
             continue
         fast = _REVIEW_FAST.match(stripped)
-        if fast is not None:
+        if fast is not None and len(fast.group(3)) < 19:  # longer digit strings may overflow int64: slow path
             user_col.append(users.setdefault(fast.group(1), len(users)))
             item_col.append(items.setdefault(fast.group(2), len(items)))
             time_col.append(int(fast.group(3)))
@@ -101,6 +104,9 @@ def _parse_review_lines(lines, first_line: int, strict: bool, path: str, progres
             timestamp = int(when.group(1))
         except ValueError:
             report.problem("unparsable unixReviewTime", number, strict, path)
+            continue
+        if not -MAX_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:
+            report.problem("unixReviewTime out of range", number, strict, path)
             continue
         user_col.append(users.setdefault(reviewer.group(1), len(users)))
         item_col.append(items.setdefault(asin.group(1), len(items)))
@@ -200,10 +206,26 @@ def read_reviews(path: str, strict: bool = False, workers: int = 1):
     return users, items, when, item_names, report
 
 
+# A metadata line is a few hundred bytes to a few KB; literal_eval's memory grows with the line (a 5.9 MB
+# line took 2.4 GB), so longer lines are skipped as malformed instead of parsed.
+MAX_META_LINE = 1 << 20
+MAX_CATEGORY_PATH = 1 << 16
+
+
+def _leaf(paths) -> str | None:
+    """The last element of the first category path of a ``categories`` value, if it has that shape."""
+    if isinstance(paths, (list, tuple)) and paths and isinstance(paths[0], (list, tuple)) and paths[0]:
+        leaf = paths[0][-1]
+        return leaf if isinstance(leaf, str) else None
+    return None
+
+
 def _first_path_leaf(literal: str) -> str | None:
+    if len(literal) > MAX_CATEGORY_PATH:
+        return None
     try:
         path = ast.literal_eval(literal)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
         return None
     if isinstance(path, (list, tuple)) and path and isinstance(path[-1], str):
         return path[-1]
@@ -217,6 +239,9 @@ def _parse_meta_lines(lines, first_line: int, wanted: dict[bytes, int], strict: 
     for number, line in enumerate(lines, start=first_line):
         if progress is not None and number % 65536 == 0:
             progress(number)
+        if len(line) > MAX_META_LINE:
+            report.problem(f"longer than {MAX_META_LINE:,} bytes", number, strict, path)
+            continue
         text = line.decode("utf-8", errors="replace").strip()
         if not text:
             continue
@@ -232,11 +257,17 @@ def _parse_meta_lines(lines, first_line: int, wanted: dict[bytes, int], strict: 
         if leaf is None:
             try:
                 record = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
                 report.problem("not a Python dict literal", number, strict, path)
                 continue
-            paths = record.get("categories") if isinstance(record, dict) else None
-            leaf = paths[0][-1] if paths and isinstance(paths[0], (list, tuple)) and paths[0] else None
+            if not isinstance(record, dict):
+                report.problem("not a Python dict literal", number, strict, path)
+                continue
+            paths = record.get("categories")
+            leaf = _leaf(paths)
+            if paths is not None and leaf is None:
+                report.problem("categories is not a list of category paths", number, strict, path)
+                continue
         if leaf is not None:
             names[item] = leaf
             report.used += 1

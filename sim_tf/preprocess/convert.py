@@ -93,8 +93,13 @@ def pad_lists(column, length: int, name: str, path: str) -> np.ndarray:
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if column.null_count:
         raise UserError(f"{path}: history column {name!r} has null rows")
+    if not pa.types.is_integer(column.type.value_type):
+        raise UserError(f"{path}: history column {name!r} is {column.type}, expected a list of integer ids")
+    flat = pc.list_flatten(column)
+    if flat.null_count:
+        raise UserError(f"{path}: history column {name!r} has {flat.null_count} null id(s) inside its lists")
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
-    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = as_int64(flat.to_numpy(zero_copy_only=False), name, path)
     ends = np.cumsum(lengths)
     out = np.zeros((lengths.size, length), dtype=np.int64)
     take = np.minimum(lengths, length)
@@ -120,6 +125,36 @@ def scalar_column(column, name: str, path: str) -> np.ndarray:
         raise UserError(f"{path}: column {name!r} has type {column.type}, expected integers")
     if np.issubdtype(values.dtype, np.floating) and not np.all(np.mod(values, 1) == 0):
         raise UserError(f"{path}: column {name!r} holds non-integer values")
+    return as_int64(values, name, path)
+
+
+def open_parquet(path: str):
+    """pyarrow's ParquetFile, or one UserError naming a file that is not parquet (or is cut short)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"{path} is not a readable parquet file: {' '.join(str(e).split())[:300]}") from None
+
+
+def record_batches(parquet, path: str, columns: list[str], batch_size: int = 65536):
+    """The file's record batches; a page that does not decode ends in one UserError naming the file."""
+    import pyarrow as pa
+
+    try:
+        yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"{path} is not a readable parquet file: {' '.join(str(e).split())[:300]}") from None
+
+
+def as_int64(values: np.ndarray, name: str, path: str) -> np.ndarray:
+    """Integer ids as int64; an unsigned or float id beyond int64's range is an error, never a wrap-around."""
+    if values.size and (np.issubdtype(values.dtype, np.unsignedinteger) or np.issubdtype(values.dtype, np.floating)):
+        largest = values.max()
+        if largest > np.iinfo(np.int64).max:
+            raise UserError(f"{path}: column {name!r} holds id {largest}, beyond what an id can be (int64)")
     return values.astype(np.int64)
 
 
@@ -167,9 +202,9 @@ def convert(
         progress = Progress(f"converting {split}", unit="rows")
         done = 0
         for path in sources:
-            parquet = pq.ParquetFile(path)
+            parquet = open_parquet(path)
             names = column_names(parquet.schema_arrow.names, users, items, columns, path)
-            for batch in parquet.iter_batches(batch_size=65536, columns=names):
+            for batch in record_batches(parquet, path, names):
                 out = {}
                 for index, (target, source) in enumerate(zip(feature_names, names)):
                     column = batch.column(source)

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from sim_tf.data import tfrecord_writer
+from sim_tf.data.inputs import explain_data_error
 from sim_tf.errors import UserError
 from sim_tf.progress import Progress
 
@@ -54,7 +55,6 @@ def tfrecord_batches(folder: str, mapping: str, batch_size: int, names: list[str
 def parquet_batches(folder: str, mapping: str, batch_size: int, names: list[str], history_length: int,
                     number_of_user_features: int, columns: str):
     """Raw int64 feature arrays from a BYO parquet folder, named as `sim-tf convert` names them."""
-    import pyarrow.parquet as pq
 
     from sim_tf.preprocess import convert
 
@@ -65,9 +65,9 @@ def parquet_batches(folder: str, mapping: str, batch_size: int, names: list[str]
     if missing:
         raise UserError(f"the model's inputs {missing} do not match the parquet features {feature_names[1:]}")
     for path in convert.parquet_files(folder, mapping):
-        parquet = pq.ParquetFile(path)
+        parquet = convert.open_parquet(path)
         sources = convert.column_names(parquet.schema_arrow.names, users, items, columns, path)
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=sources):
+        for batch in convert.record_batches(parquet, path, sources, batch_size):
             out = {}
             for index, (target, source) in enumerate(zip(feature_names, sources)):
                 if target != tfrecord_writer.LABEL and target not in names:
@@ -120,18 +120,30 @@ class PredictionWriter:
 
 
 def predict(model: str, input_path: str, output: str, mapping: str = "test", batch_size: int = 4096,
-            number_of_user_features: int = 1, columns: str = "by_position") -> int:
+            number_of_user_features: int = 1, columns: str = "by_position", overwrite: bool = False) -> int:
     """Predicts every sample of ``input_path``'s ``mapping`` with the SavedModel ``model`` into ``output``;
-    returns the number of predictions."""
+    returns the number of predictions. ``model`` must be trusted: a SavedModel runs whatever ops it holds."""
     if not os.path.exists(os.path.join(model, "saved_model.pb")):
         raise UserError(f"--model {model!r} is not a SavedModel folder (write one with `sim-tf export`)")
+    if os.path.exists(output) and not overwrite:
+        raise UserError(f"--output {output!r} already exists; pass --overwrite to replace it")
+    described = os.path.join(model, "sim_tf_export.json")
+    try:
+        with open(described) as f:
+            description = json.load(f)
+        history_length = int(description["history_length"])
+        user_name, item_name = description["user_features"][0], description["target_item_features"][0]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise UserError(f"--model {model!r}: {described!r} is missing or unreadable ({type(e).__name__}); export "
+                        f"the model again with `sim-tf export`") from None
     import tensorflow as tf
 
-    serve = tf.saved_model.load(model).signatures["serving_default"]
+    try:
+        serve = tf.saved_model.load(model).signatures["serving_default"]
+    except Exception as e:  # a corrupt saved_model.pb raises protobuf, OS or TensorFlow errors
+        raise UserError(f"--model {model!r} is not a readable SavedModel ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); export it again with `sim-tf export`") from None
     names = sorted(serve.structured_input_signature[1])
-    with open(os.path.join(model, "sim_tf_export.json")) as f:
-        description = json.load(f)
-    history_length = description["history_length"]
     if os.path.exists(os.path.join(input_path, "feature_spec.yaml")):
         batches = tfrecord_batches(input_path, mapping, batch_size, names)
     elif os.path.exists(os.path.join(input_path, "metadata.json")):
@@ -139,8 +151,6 @@ def predict(model: str, input_path: str, output: str, mapping: str = "test", bat
                                   number_of_user_features, columns)
     else:
         raise UserError(f"--input {input_path!r} holds neither feature_spec.yaml (TFRecord) nor metadata.json (parquet)")
-    user_name = description["user_features"][0]
-    item_name = description["target_item_features"][0]
     writer = PredictionWriter(output)
     progress = Progress("predicting", unit="samples")
     done, ok = 0, False
@@ -151,7 +161,8 @@ def predict(model: str, input_path: str, output: str, mapping: str = "test", bat
             try:
                 probability = serve(**inputs)["probability"].numpy()
             except tf.errors.InvalidArgumentError as e:
-                raise UserError(f"the model rejected the input: {e.message.splitlines()[0][:400]}") from None
+                explained = explain_data_error(e)  # names the feature and its out-of-range ids
+                raise (explained or UserError(f"the model rejected the input: {e.message.splitlines()[0][:400]}")) from None
             out = {"user": arrays[user_name], "item": arrays[item_name]}
             if label_name in arrays:
                 out["label"] = arrays[label_name]

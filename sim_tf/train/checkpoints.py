@@ -8,6 +8,7 @@ synchronises inside it); only the chief's copy is kept.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -43,11 +44,15 @@ def find_checkpoint(path: str) -> str:
 
 def restore_model_weights(model: keras.Model, path: str, model_type: str) -> None:
     """Loads only the model's weights from a training checkpoint; every weight must be found there."""
-    status = tf.train.Checkpoint(model=variables_by_path(model)).restore(path)
+    try:
+        status = tf.train.Checkpoint(model=variables_by_path(model)).restore(path)
+    except (ValueError, tf.errors.OpError) as e:
+        raise UserError(f"checkpoint {path!r} is unreadable or does not fit a {model_type} model with these "
+                        f"flags: {' '.join(str(e).split())[:300]}") from None
     status.expect_partial()  # the optimizer and counters are not needed
     try:
         status.assert_existing_objects_matched()
-    except AssertionError as e:
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags "
                         f"(--model_type, --embedding_dim, MLP sizes, --attention): {str(e)[:300]}") from None
 
@@ -67,11 +72,14 @@ class TrainingCheckpoints:
         self.is_chief = is_chief
         self.task_index = task_index
         self._manager = None
+        self._scratch: str | None = None
 
     def _target(self) -> str:
         if self.is_chief:
             return self.directory
-        return os.path.join(tempfile.gettempdir(), f"sim_tf_worker_{self.task_index}_{os.getpid()}")
+        if self._scratch is None:  # a fresh private folder (mode 0700), not a predictable /tmp name
+            self._scratch = tempfile.mkdtemp(prefix=f"sim_tf_worker_{self.task_index}_")
+        return self._scratch
 
     def save(self, step: int) -> str | None:
         """Writes a checkpoint numbered ``step``; returns its path on the chief, None elsewhere."""
@@ -82,16 +90,49 @@ class TrainingCheckpoints:
         path = self._manager.save(checkpoint_number=step)
         if not self.is_chief:
             shutil.rmtree(self._target(), ignore_errors=True)
-            self._manager = None
+            self._manager, self._scratch = None, None
             return None
         return path
+
+    SIGNATURE = "run_signature.json"
+
+    def write_signature(self, signature: dict) -> None:
+        """Records, beside the chief's checkpoints, what a resume must keep equal (see Trainer.run_signature)."""
+        if self.is_chief and self.directory:
+            from sim_tf.data.atomic import atomic_write_text
+
+            atomic_write_text(os.path.join(self.directory, self.SIGNATURE), json.dumps(signature, sort_keys=True))
+
+    def check_signature(self, signature: dict) -> None:
+        """Refuses to resume a run whose shape differs from the saved one's (batch size, optimizer, model, ...):
+        its steps would silently skip samples, or restart the optimizer's state."""
+        path = os.path.join(self.directory, self.SIGNATURE)
+        if not os.path.exists(path):
+            return
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            raise UserError(f"{path!r} is unreadable: remove it to resume anyway, or start a new "
+                            f"--save_checkpoint_path") from None
+        changed = sorted(k for k in signature if k in saved and saved[k] != signature[k])
+        if changed:
+            details = ", ".join(f"{k}: {saved[k]!r} -> {signature[k]!r}" for k in changed)
+            raise UserError(f"--save_checkpoint_path {self.directory!r} holds a run with other settings ({details}); "
+                            f"resume it with the same flags, or start a new run in another folder")
 
     def latest(self) -> str | None:
         return tf.train.latest_checkpoint(self.directory) if self.directory else None
 
     def restore(self, path: str) -> None:
         """Restores everything (model, optimizer and its loss scale, counters) from ``path``."""
-        self.checkpoint.restore(path).assert_existing_objects_matched()
+        try:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            detail = " ".join(str(e).split())[:300]
+            raise UserError(f"checkpoint {path!r} cannot be resumed by this run: it is unreadable or was written "
+                            f"for another model (--model_type, --embedding_dim, MLP sizes) or optimizer: {detail}; "
+                            f"use another --save_checkpoint_path for a new run") from None
 
     def restore_latest_or(self, load_path: str, model: keras.Model, model_type: str, training: bool) -> str | None:
         """Training resumes the whole state from the newest checkpoint in the save folder, else from

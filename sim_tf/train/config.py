@@ -144,5 +144,7 @@ class TrainConfig:
         return out
 
     def write(self, path: str, extra: dict[str, Any] | None = None) -> None:
-        with open(path, "w") as f:
-            json.dump({**self.to_dict(), **(extra or {})}, f, indent=2, sort_keys=True)
+        """Writes the config (plus ``extra``) as JSON, atomically: readers never see half a file."""
+        from sim_tf.data.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps({**self.to_dict(), **(extra or {})}, indent=2, sort_keys=True))

@@ -46,6 +46,12 @@ def create_trainer(config: TrainConfig, echo: Callable[[str], None] | None = pri
     spec = fs.FeatureSpec.from_yaml(os.path.join(config.dataset_dir, config.feature_spec))
     is_chief = distribute.read_tf_config().is_chief
     ensure_writable_folder(config.results_dir, "--results_dir")
+    log = os.path.join(config.results_dir, config.log_filename)
+    resuming = bool(config.save_checkpoint_path) and tf.train.latest_checkpoint(config.save_checkpoint_path)
+    if is_chief and config.mode == "train" and os.path.exists(log) and os.path.getsize(log) and not resuming:
+        raise UserError(f"--results_dir {config.results_dir!r} already holds another run's log ({log}); its log, "
+                        f"config.json and TensorBoard events would mix with this one's: pass a new --results_dir "
+                        f"(a run resumes into its own folder from --save_checkpoint_path)")
     if is_chief and config.mode == "train":
         ensure_writable_folder(config.tensorboard_path, "--tensorboard_dir" if config.tensorboard_dir else
                                "--results_dir (its tensorboard folder)")

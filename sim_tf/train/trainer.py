@@ -143,15 +143,26 @@ class Trainer:
         return train_loop
 
     # ------------------------------------------------------------------ checkpoints
+    def run_signature(self) -> dict:
+        """What a resumed run must keep equal for its steps to continue the same training."""
+        c = self.config
+        return {"model_type": c.model_type, "model": c.to_dict()["model"], "optimizer": c.optimizer,
+                "global_batch_size": c.global_batch_size, "long_seq_length": c.long_seq_length,
+                "drop_remainder": c.drop_remainder, "repeat_count": c.repeat_count, "seed": c.seed,
+                "train_samples": self.samples["train"], "amp": c.amp, "amp_dtype": c.amp_dtype}
+
     def save(self) -> str | None:
         path = self.checkpoints.save(int(self.global_step.numpy()))
         if path:
+            self.checkpoints.write_signature(self.run_signature())
             self.log.record("checkpoint", path=path, step=int(self.global_step.numpy()), epoch=int(self.epoch.numpy()))
         return path
 
     def restore(self) -> str | None:
         """Resumes from --save_checkpoint_path, else loads --load_checkpoint_path (see TrainingCheckpoints)."""
         c = self.config
+        if c.mode == "train" and self.checkpoints.latest():
+            self.checkpoints.check_signature(self.run_signature())
         path = self.checkpoints.restore_latest_or(c.load_checkpoint_path, self.model, c.model_type, c.mode == "train")
         if path is not None:
             step, epoch = int(self.global_step.numpy()), int(self.epoch.numpy())
@@ -223,6 +234,9 @@ class Trainer:
                  else "no --save_checkpoint_path, nothing saved")
         self.log.record("interrupted", step=step, epoch=epoch, checkpoint=path)
         when = f"after epoch {epoch + 1}" if epoch_done else f"at step {step}"
+        if not self.config.save_checkpoint_path or self.config.benchmark:
+            raise Interrupted(f"stopped {when} on request; nothing was saved (no --save_checkpoint_path), so running "
+                              f"the command again starts over", exit_code=128 + (self._stop_signal or signal.SIGTERM))
         raise Interrupted(f"stopped {when} on request ({where}); run the same command again to resume")
 
     # ------------------------------------------------------------------ the loop

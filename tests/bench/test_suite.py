@@ -106,7 +106,7 @@ def test_benchmark_command_end_to_end_on_tiny(tmp_path):
                                       "--lr=-1"], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 1
     assert "1 case(s) had failed runs: din-tiny-train-fp32" in bad.stderr
-    assert "--lr must be > 0" in bad.stdout
+    assert "--lr must be a finite number > 0" in bad.stdout
 
 
 def test_sim_tf_path_runs_another_checkout(tmp_path):

@@ -232,7 +232,7 @@ def test_inference_with_random_weights_and_profile(tiny_dataset, tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        ({"lr": -1}, "--lr must be > 0"),
+        ({"lr": -1}, "--lr must be a finite number > 0"),
         ({"model_type": "dcn"}, "flag --model_type=dcn"),
         ({"long_seq_length": 20}, "--long_seq_length 20 must be between 1 and 19"),
         ({"cpu_replicas": 3}, "--global_batch_size 512 is not divisible by the 3 replicas"),

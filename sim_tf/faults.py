@@ -1,0 +1,89 @@
+"""Faults that come from outside the program (the disk, the files, a signal) turned into one message.
+
+The CLI runs every command under :func:`guard`: a UserError prints its message; an OSError (a full disk,
+a file too large, a path that is not a folder, no permission), a corrupt or truncated compressed file and
+TensorFlow's I/O errors print one line naming the file and what to do; SIGTERM and SIGINT raise
+:class:`Stopped` so that every ``finally`` removes its partial output before the command exits with
+128 + the signal number. ``--debug`` (or SIM_TF_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import os
+import signal
+import sys
+import zlib
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free space, or write the output elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free space, or write the output elsewhere",
+    errno.EFBIG: "the file grew larger than this file system allows: write the output elsewhere",
+    errno.EACCES: "no permission: choose a location you can write to (or read from)",
+    errno.EPERM: "not permitted: choose another location",
+    errno.EROFS: "the file system is read-only: write the output elsewhere",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "the path is a folder where a file is expected",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived; raised in the main thread so cleanups run."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def describe(error: BaseException) -> str | None:
+    """One line for a fault from outside the program; None for anything else (a bug keeps its traceback)."""
+    if isinstance(error, OSError) and error.errno in _HINTS or isinstance(error, (PermissionError,
+                                                                                  FileNotFoundError)):
+        name = error.filename or ""
+        return f"{name + ': ' if name else ''}{_HINTS.get(error.errno, error.strerror or str(error))}"
+    if isinstance(error, (gzip.BadGzipFile, zlib.error, EOFError)):
+        return f"a compressed input file is corrupt or truncated ({error}): download or write it again"
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return None
+    if isinstance(error, (tf.errors.ResourceExhaustedError, tf.errors.DataLossError, tf.errors.NotFoundError,
+                          tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError)):
+        lines = [line.strip() for line in (error.message or "").splitlines() if line.strip()]
+        return f"{type(error).__name__}: {(lines[0] if lines else '')[:300]}"
+    return None
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def guard(program: str, run, argv):
+    """Runs ``run(argv)`` with the translations above; returns its result or exits."""
+    from sim_tf.errors import Interrupted, UserError
+
+    debug = os.environ.get("SIM_TF_DEBUG") == "1"
+    previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return run(argv)
+    except UserError as e:
+        print(f"{program}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Interrupted as e:
+        print(f"{program}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except (Stopped, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"{program}: stopped by {signal.Signals(signum).name}; partial output was removed", file=sys.stderr)
+        sys.exit(128 + signum)
+    except Exception as e:  # noqa: BLE001 - only faults that describe() recognises are caught
+        message = describe(e)
+        if message is None or debug:
+            raise
+        print(f"{program}: error: {message} (SIM_TF_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
