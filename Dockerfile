@@ -6,14 +6,19 @@
 FROM tensorflow/tensorflow:2.21.0-gpu
 
 WORKDIR /opt/sim-tf
-COPY pyproject.toml setup.cfg README.md ./
+COPY pyproject.toml setup.cfg README.md constraints.txt ./
 COPY sim_tf ./sim_tf
 COPY configs ./configs
 COPY launch ./launch
-RUN pip install --no-cache-dir . \
+# Dependencies at the versions in constraints.txt (TensorFlow itself is the image's own).
+RUN grep -v -i '^tensorflow' constraints.txt > /tmp/constraints.txt \
+    && pip install --no-cache-dir -c /tmp/constraints.txt . \
     && sim-tf --help > /dev/null \
     && python -c "import tensorflow as tf, sim_tf; print('TensorFlow', tf.__version__)"
 
+# Run as an unprivileged user: training needs no root, and a worker's port should not run requests as root.
+RUN useradd --create-home --uid 1000 simtf && mkdir -p /workspace && chown simtf /workspace
+USER simtf
 WORKDIR /workspace
 ENTRYPOINT ["sim-tf"]
 CMD ["demo", "--workdir", "/workspace"]

@@ -95,6 +95,11 @@ def run_local(
     if not command:
         raise UserError("nothing to run: put the trainer's arguments after `--`, e.g. "
                         "`sim-tf launch local --num_workers 2 -- train --dataset_dir DIR`")
+    from sim_tf.cli import COMMANDS
+
+    if command[0] not in COMMANDS or command[0] in ("launch",):
+        raise UserError(f"unknown command {command[0]!r} after `--`: the workers run a sim-tf command such as "
+                        f"train, evaluate or inference")
     out = out or sys.stdout
     if private_network:
         try:
@@ -157,11 +162,16 @@ def run_local(
             time.sleep(0.2)
         if failed is not None:
             others = [w for w in workers if w is not failed and w.process.poll() is None]
+            # A peer that was suspended (or stuck in the kernel) is why the others' collectives time out.
+            stuck = [w.index for w in others if _state(w.process.pid) in ("T", "t", "D")]
             _stop_all(others, grace_s)
             for t in failed.threads:
                 t.join(timeout=5)
             message = (f"[launcher] worker {failed.index} {_describe_exit(failed.process.returncode)}: "
                        f"{_error_line(list(failed.last_lines))}; stopped the other worker(s)")
+            if stuck:
+                message += (f". Worker(s) {', '.join(map(str, stuck))} had stopped running (suspended or stuck in "
+                            f"I/O): worker {failed.index} most likely failed waiting for them")
             with lock:
                 out.write(message + "\n")
                 out.flush()
@@ -183,6 +193,15 @@ def run_local(
         _stop_all([w for w in workers if w.process.poll() is None], grace_s)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (R running, S sleeping, T stopped, D in I/O, ...), "" if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _signal_group(process: subprocess.Popen, sig) -> None:
