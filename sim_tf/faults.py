@@ -49,11 +49,38 @@ def describe(error: BaseException) -> str | None:
         import tensorflow as tf
     except ImportError:
         return None
+    if not isinstance(error, tf.errors.OpError):
+        return None
+    lines = [line.strip() for line in (error.message or "").splitlines() if line.strip()]
+    first = (lines[0] if lines else "")[:300]
+    # TensorFlow's file system reports the OS's words ("PATH; File too large") inside its own error types.
+    for code, words in ((errno.ENOSPC, "No space left on device"), (errno.EFBIG, "File too large"),
+                        (errno.EDQUOT, "Disk quota exceeded"), (errno.EACCES, "Permission denied"),
+                        (errno.EROFS, "Read-only file system")):
+        if words in (error.message or ""):
+            where = first.split(";", 1)[0] if ";" in first else first
+            return f"{where}: {_HINTS[code]}"
     if isinstance(error, (tf.errors.ResourceExhaustedError, tf.errors.DataLossError, tf.errors.NotFoundError,
                           tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError)):
-        lines = [line.strip() for line in (error.message or "").splitlines() if line.strip()]
-        return f"{type(error).__name__}: {(lines[0] if lines else '')[:300]}"
+        return f"{type(error).__name__}: {first}"
     return None
+
+
+def _exit(message: str, code: int):
+    """Prints the one message and exits; the loggers are silenced first, because objects torn down at exit
+    (a half-restored checkpoint, say) log warnings that would bury the message."""
+    import logging
+
+    print(message, file=sys.stderr, flush=True)
+    for name in ("tensorflow", "absl", ""):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.FATAL)
+    except ImportError:
+        pass
+    sys.exit(code)
 
 
 def _raise_stopped(signum, frame):
@@ -69,21 +96,17 @@ def guard(program: str, run, argv):
     try:
         return run(argv)
     except UserError as e:
-        print(f"{program}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _exit(f"{program}: error: {e}", 1)
     except Interrupted as e:
-        print(f"{program}: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _exit(f"{program}: {e}", e.exit_code)
     except (Stopped, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
-        print(f"{program}: stopped by {signal.Signals(signum).name}; partial output was removed", file=sys.stderr)
-        sys.exit(128 + signum)
+        _exit(f"{program}: stopped by {signal.Signals(signum).name}; partial output was removed", 128 + signum)
     except Exception as e:  # noqa: BLE001 - only faults that describe() recognises are caught
         message = describe(e)
         if message is None or debug:
             raise
-        print(f"{program}: error: {message} (SIM_TF_DEBUG=1 shows the traceback)", file=sys.stderr)
-        sys.exit(1)
+        _exit(f"{program}: error: {message} (SIM_TF_DEBUG=1 shows the traceback)", 1)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

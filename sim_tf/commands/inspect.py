@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import tensorflow as tf
 from absl import flags
 
 from sim_tf.data import dataset as data
@@ -16,6 +17,8 @@ flags.DEFINE_string("dataset_dir", None, "Folder holding the FeatureSpec and the
 flags.DEFINE_string("feature_spec", fs.DEFAULT_FEATURE_SPEC_NAME, "Name of the FeatureSpec file in --dataset_dir.")
 flags.DEFINE_integer("long_seq_length", 90, "Long/short history split used for the sample batch (clipped to L - 1).",
                      lower_bound=1)
+flags.DEFINE_boolean("full_scan", True, "Read every record: sample counts against the metadata, every id against its "
+                     "cardinality, every shape against the spec (--nofull_scan: the spec and the first records only).")
 flags.mark_flag_as_required("dataset_dir")
 
 
@@ -34,6 +37,7 @@ def describe(spec: fs.FeatureSpec, long_seq_length: int) -> list[str]:
         layout = "one sample per record" if prebatch == 1 else f"prebatched, {prebatch} samples per record"
         lines.append(
             f"{mapping}: {data.sample_count(spec, mapping):,} samples in {len(spec.files(mapping))} file(s), {layout}"
+            f" ({'declared in the metadata' if declared(spec, mapping) is not None else 'counted'})"
         )
     long = min(long_seq_length, spec.history_length - 1)
     ds = data.make_dataset(spec, "test", 1024, options=data.InputOptions(long_seq_length=long))
@@ -47,6 +51,32 @@ def describe(spec: fs.FeatureSpec, long_seq_length: int) -> list[str]:
     return lines
 
 
+def declared(spec: fs.FeatureSpec, mapping: str) -> int | None:
+    stored = spec.metadata.get("samples", {})
+    return stored.get(mapping) if isinstance(stored, dict) else None
+
+
+def scan(spec: fs.FeatureSpec, mapping: str, long_seq_length: int) -> str:
+    """Reads every record of ``mapping`` through the input pipeline (which checks every id against its
+    cardinality and every shape against the spec) and compares the samples read with the declared count."""
+    options = data.InputOptions(long_seq_length=long_seq_length, shuffle=False)
+    read = 0
+    try:
+        for _, label in data.make_dataset(spec, mapping, 8192, options=options):
+            read += int(label.shape[0])
+    except tf.errors.InvalidArgumentError as e:
+        raise (inputs.explain_data_error(e) or inputs.DataError(
+            f"the {mapping} split's records do not match the FeatureSpec: {e.message.splitlines()[0][:300]}")) from None
+    except tf.errors.DataLossError:
+        found = data.first_unreadable_file(spec, (mapping,))
+        raise inputs.DataError(f"data file {found[0] if found else '?'} of the {mapping} split is corrupt") from None
+    expected = declared(spec, mapping)
+    if expected is not None and read != expected:
+        raise inputs.DataError(f"the {mapping} split holds {read:,} samples but its FeatureSpec declares {expected:,}: "
+                               f"a data file is truncated, missing or was changed after the dataset was written")
+    return f"{mapping}: read all {read:,} samples: ids within their cardinalities, shapes as declared"
+
+
 def main(argv):
     del argv
     started = time.perf_counter()
@@ -54,3 +84,11 @@ def main(argv):
     validated = time.perf_counter() - started
     print("\n".join(describe(spec, FLAGS.long_seq_length)))
     print(f"spec validated in {validated * 1000:.0f} ms")
+    if FLAGS.full_scan:
+        long = min(FLAGS.long_seq_length, spec.history_length - 1)
+        for mapping in spec.mappings():
+            print(scan(spec, mapping, long))
+        print("checked: the FeatureSpec and every record (full scan)")
+    else:
+        print("checked: the FeatureSpec, the first record of each split and one test batch "
+              "(--full_scan reads every record)")

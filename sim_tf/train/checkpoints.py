@@ -115,6 +115,7 @@ class TrainingCheckpoints:
         except (OSError, ValueError):
             raise UserError(f"{path!r} is unreadable: remove it to resume anyway, or start a new "
                             f"--save_checkpoint_path") from None
+        signature = json.loads(json.dumps(signature))  # tuples -> lists, as saved
         changed = sorted(k for k in signature if k in saved and saved[k] != signature[k])
         if changed:
             details = ", ".join(f"{k}: {saved[k]!r} -> {signature[k]!r}" for k in changed)
