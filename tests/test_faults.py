@@ -156,6 +156,9 @@ def world(tiny_dataset, tmp_path_factory):
     (w / "used_results").mkdir()
     (w / "used_results" / "log.json").write_text('{"type": "start"}\n')
     (w / "a_file").write_text("x")
+    (w / "odd_log").mkdir()
+    (w / "odd_log" / "log.json").write_text('{"type": "step", "loss": 1}\n{"type": "eval"}\n{"type": "summ')
+    (w / "byo_no_metadata" / "train").mkdir(parents=True)
 
     # Raw Amazon files and broken variants.
     raw = w / "raw"
@@ -299,6 +302,21 @@ CASES = [
          "column 'uid' holds id 18446744073709551615, beyond what an id can be"),
     Case("convert", "corrupted parquet pages", ("convert", "--input={W}/byo_corrupt", "--output={W}/c6"),
          "part.0.parquet is not a readable parquet file"),
+    # --- missing things
+    Case("missing", "a dataset folder that does not exist", ("train", "--dataset_dir={W}/nowhere", R, *TRAIN),
+         "{W}/nowhere/feature_spec.yaml"),
+    Case("missing", "a reviews file that does not exist", ("preprocess", "amazon", "--reviews={W}/none.json",
+         "--meta={W}/raw/meta_Books.json", "--output={W}/pp6"), "input file '{W}/none.json' does not exist"),
+    Case("missing", "a checkpoint that does not exist", ("evaluate", f"--dataset_dir={G}", R, *TRAIN,
+         "--load_checkpoint_path={W}/no_ckpt"), "is neither a checkpoint folder nor a checkpoint"),
+    Case("missing", "a BYO folder without metadata.json", ("convert", "--input={W}/byo_no_metadata",
+         "--output={W}/c7"), "metadata.json"),
+    Case("missing", "report on a log without plottable records", ("report", "{W}/odd_log"),
+         "the log has no training steps or evaluations to plot"),
+    Case("flags", "predict --batch_size 0", ("predict", "--model={W}/exported", f"--input={G}", "--output={W}/p4.csv",
+         "--batch_size=0"), "sim-tf predict: flag --batch_size=0: 0 is not a", code=2),
+    Case("checkpoints", "resume as another model type", ("train", f"--dataset_dir={G}", R, *TRAIN, "--epochs=2",
+         "--seed=1", "--save_checkpoint_path={W}/ckpt", "--model_type=dien"), "model_type: 'din' -> 'dien'"),
     # --- a full disk (simulated with a file-size limit: writes fail with EFBIG)
     Case("disk", "synthesize", ("synthesize", "--preset=tiny", "--output={W}/s_full"),
          "the file grew larger than this file system allows", file_limit=200_000, leftovers="."),
@@ -306,6 +324,9 @@ CASES = [
          "history column", file_limit=1_000),  # refused before it writes
     Case("disk", "predict", ("predict", "--model={W}/exported", f"--input={G}", "--output={W}/p_full.csv"),
          "the file grew larger than this file system allows", file_limit=20_000, leftovers="."),
+    Case("disk", "preprocess", ("preprocess", "amazon", "--reviews={W}/raw/reviews_Books.json",
+         "--meta={W}/raw/meta_Books.json", "--output={W}/pp_full", "--min_reviews=5", "--workers=1"),
+         "the file grew larger than this file system allows", file_limit=30_000, leftovers="."),
     Case("disk", "the run log and checkpoints", ("train", f"--dataset_dir={G}", R, *TRAIN,
          "--save_checkpoint_path={W}/ck_full"), "the file grew larger than this file system allows",
          file_limit=150_000),
@@ -367,3 +388,52 @@ def test_feature_names_with_spaces_and_non_ascii_train(tiny_dataset, tmp_path):
     _sim_tf("inspect", f"--dataset_dir={folder}")
     out = _sim_tf("train", f"--dataset_dir={folder}", f"--results_dir={tmp_path / 'r'}", "--epochs=1", *TRAIN)
     assert "test AUC" in out.stdout
+
+
+def _start(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return subprocess.Popen([sys.executable, "-m", "sim_tf", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def _wait_for(stream, text, timeout_s=120):
+    import time
+
+    deadline, seen = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"{text!r} not seen: {''.join(seen)[-2000:]}")
+
+
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_mid_write_leaves_no_partial_output_and_no_traceback(tmp_path, sig, code):
+    import signal
+    import time
+
+    process = _start("synthesize", "--preset=small", f"--output={tmp_path / 'd'}")
+    _wait_for(process.stdout, "generated")  # writing has started
+    time.sleep(0.5)
+    process.send_signal(getattr(signal, sig))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    assert stderr.strip() == f"sim-tf synthesize: stopped by {sig}; partial output was removed"
+    assert os.listdir(tmp_path) == []  # neither the dataset nor its staging folder
+
+
+def test_sigterm_without_a_checkpoint_folder_says_nothing_was_saved(tiny_dataset, tmp_path):
+    import signal
+
+    process = _start("train", f"--dataset_dir={tiny_dataset.base_directory}", f"--results_dir={tmp_path / 'r'}",
+                     "--epochs=50", "--log_every_steps=4", *TRAIN)
+    _wait_for(process.stdout, "epoch 1/50 step 4/")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "nothing was saved (no --save_checkpoint_path), so running the command again starts over" in stderr
+    assert "resume" not in stderr

@@ -279,3 +279,17 @@ def test_local_workers_are_reachable_only_from_each_other(one_file_dataset, tmp_
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+
+
+def test_a_suspended_worker_is_named_as_the_cause_of_the_timeout(one_file_dataset, tmp_path):
+    """Worker 1 is suspended (SIGSTOP): worker 0's collective times out, and the launcher says worker 1 had
+    stopped running rather than blaming worker 0 alone."""
+    process = _start_launcher(["train", *trainer_args(one_file_dataset, tmp_path, epochs=50, log_every_steps=8,
+                                                      collective_timeout_s=10)])
+    lines = _read_until(process, r"\[worker 0\] epoch 1/50", 120)
+    pids = [int(p) for p in re.search(r"\(pids (\d+), (\d+)\)", "".join(lines)).groups()]
+    os.kill(pids[1], signal.SIGSTOP)
+    out, _ = process.communicate(timeout=180)
+    assert process.returncode != 0
+    verdict = [line for line in out.splitlines() if line.startswith("[launcher] worker")][-1]
+    assert "Worker(s) 1 had stopped running" in verdict and "worker 0 most likely failed waiting for them" in verdict
