@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-TRAIN = ["--long_seq_length=15", "--top_k=8", "--embedding_dim=8", "--global_batch_size=512", "--model_type=din"]
+# Batch 2048: an epoch of tiny data is 8 steps, which keeps the cases that train short.
+TRAIN = ["--long_seq_length=15", "--top_k=8", "--embedding_dim=8", "--global_batch_size=2048", "--model_type=din"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +225,7 @@ CASES = [
     Case("flags", "--intra_op_parallelism -1", ("train", f"--dataset_dir={G}", R, *TRAIN, "--intra_op_parallelism=-1"),
          "--intra_op_parallelism must be between 0"),
     Case("flags", "--microbatches larger than the per-replica batch", ("train", f"--dataset_dir={G}", R, *TRAIN,
-         "--microbatches=600"), "--microbatches 600 is more than the 512 samples each replica gets per step"),
+         "--microbatches=3000"), "--microbatches 3000 is more than the 2048 samples each replica gets per step"),
     Case("flags", "--seed >= 2^32", ("train", f"--dataset_dir={G}", R, *TRAIN, "--seed=4294967296"),
          "--seed must be between 0 and 2**31 - 1"),
     Case("flags", "--dropout_rate nan", ("train", f"--dataset_dir={G}", R, *TRAIN, "--dropout_rate=nan"),
@@ -256,7 +257,7 @@ CASES = [
     # --- checkpoints and resuming
     Case("checkpoints", "resume with another --global_batch_size", ("train", f"--dataset_dir={G}", R, *TRAIN,
          "--epochs=2", "--seed=1", "--save_checkpoint_path={W}/ckpt", "--global_batch_size=256"),
-         "holds a run with other settings (global_batch_size: 512 -> 256)"),
+         "holds a run with other settings (global_batch_size: 2048 -> 256)"),
     Case("checkpoints", "resume with another --optimizer", ("train", f"--dataset_dir={G}", R, *TRAIN, "--epochs=2",
          "--seed=1", "--save_checkpoint_path={W}/ckpt", "--optimizer=lazy_adam"), "optimizer: 'adam' -> 'lazy_adam'"),
     Case("checkpoints", "evaluate a checkpoint of another model type", ("evaluate", f"--dataset_dir={G}", R, *TRAIN,
@@ -264,7 +265,7 @@ CASES = [
     Case("checkpoints", "evaluate with another embedding size", ("evaluate", f"--dataset_dir={G}", R, *TRAIN,
          "--embedding_dim=4", "--load_checkpoint_path={W}/ckpt"), "does not fit a din model with these flags"),
     Case("checkpoints", "a garbage checkpoint .index", ("evaluate", f"--dataset_dir={G}", R, *TRAIN,
-         "--load_checkpoint_path={W}/ckpt_garbage_index"), "{W}/ckpt_garbage_index/ckpt-32"),
+         "--load_checkpoint_path={W}/ckpt_garbage_index"), "{W}/ckpt_garbage_index/ckpt-8"),
     # --- serving
     Case("serving", "a garbage saved_model.pb", ("predict", "--model={W}/exported_garbage", f"--input={G}",
          "--output={W}/p1.csv"), "--model '{W}/exported_garbage' is not a readable SavedModel"),
@@ -430,8 +431,8 @@ def test_sigterm_without_a_checkpoint_folder_says_nothing_was_saved(tiny_dataset
     import signal
 
     process = _start("train", f"--dataset_dir={tiny_dataset.base_directory}", f"--results_dir={tmp_path / 'r'}",
-                     "--epochs=50", "--log_every_steps=4", *TRAIN)
-    _wait_for(process.stdout, "epoch 1/50 step 4/")
+                     "--epochs=50", "--log_every_steps=2", *TRAIN)
+    _wait_for(process.stdout, "epoch 1/50 step 2/")
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
