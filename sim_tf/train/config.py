@@ -134,6 +134,13 @@ class TrainConfig:
         if self.global_batch_size % replicas:
             raise UserError(f"--global_batch_size {self.global_batch_size} is not divisible by the {replicas} replicas")
 
+    def resume_signature(self, train_samples: int) -> dict[str, Any]:
+        """What a resumed run must keep equal for its steps to continue the same training."""
+        return {"model_type": self.model_type, "model": dataclasses.asdict(self.model), "optimizer": self.optimizer,
+                "global_batch_size": self.global_batch_size, "long_seq_length": self.long_seq_length,
+                "drop_remainder": self.drop_remainder, "repeat_count": self.repeat_count, "seed": self.seed,
+                "train_samples": train_samples, "amp": self.amp, "amp_dtype": self.amp_dtype}
+
     @property
     def tensorboard_path(self) -> str:
         return self.tensorboard_dir or os.path.join(self.results_dir, "tensorboard")

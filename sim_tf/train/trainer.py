@@ -54,6 +54,48 @@ def next_chunk(config: TrainConfig, step: int) -> int:
     return max(1, min([chunk] + [edge - step for edge in edges if edge > step]))
 
 
+def check_epoch_samples(config: TrainConfig, train_samples: int, declared: bool, epoch: int, read: int,
+                        skipped_steps: int) -> None:
+    """Stops the run when an epoch trained on another number of samples than the dataset holds (a truncated
+    or missing file loses whole records without any read error)."""
+    total = train_samples * max(1, config.repeat_count)
+    batch = config.global_batch_size
+    expected = (total // batch) * batch if config.drop_remainder else total
+    expected -= skipped_steps * batch
+    if read != expected:
+        source = "the FeatureSpec's metadata" if declared else "counting its records"
+        raise DataError(
+            f"epoch {epoch + 1} read {read:,} training samples but the train split holds {expected:,} (from "
+            f"{source}): a data file is truncated, missing or was changed after the dataset was written; "
+            f"check it with `sim-tf inspect --dataset_dir {config.dataset_dir}`")
+
+
+class StopRequest:
+    """While active, SIGTERM and SIGINT only set ``signum``, which the loop polls between inner loops, so
+    every worker can agree on a step and save; a second SIGINT stops at once."""
+
+    def __init__(self, say):
+        self.say = say
+        self.signum = 0
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.say(f"received {signal.Signals(signum).name}: stopping after the current steps")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, spec: fs.FeatureSpec, log: RunLog):
         self.config = config
@@ -97,7 +139,7 @@ class Trainer:
         self.evaluator = Evaluator(self.strategy, self.task, lambda mapping, forever: self.datasets(mapping, 0, forever=forever),
                                    self.samples)
         self._train_loop_fn = None
-        self._stop_signal = 0
+        self.stop_request = StopRequest(log.say)
 
     def datasets(self, mapping: str, epoch: int, skip_steps: int = 0, forever: bool = False):
         """The distributed dataset of ``mapping`` in ``epoch``, without its first ``skip_steps`` global steps."""
@@ -143,18 +185,10 @@ class Trainer:
         return train_loop
 
     # ------------------------------------------------------------------ checkpoints
-    def run_signature(self) -> dict:
-        """What a resumed run must keep equal for its steps to continue the same training."""
-        c = self.config
-        return {"model_type": c.model_type, "model": c.to_dict()["model"], "optimizer": c.optimizer,
-                "global_batch_size": c.global_batch_size, "long_seq_length": c.long_seq_length,
-                "drop_remainder": c.drop_remainder, "repeat_count": c.repeat_count, "seed": c.seed,
-                "train_samples": self.samples["train"], "amp": c.amp, "amp_dtype": c.amp_dtype}
-
     def save(self) -> str | None:
         path = self.checkpoints.save(int(self.global_step.numpy()))
         if path:
-            self.checkpoints.write_signature(self.run_signature())
+            self.checkpoints.write_signature(self.config.resume_signature(self.samples["train"]))
             self.log.record("checkpoint", path=path, step=int(self.global_step.numpy()), epoch=int(self.epoch.numpy()))
         return path
 
@@ -162,7 +196,7 @@ class Trainer:
         """Resumes from --save_checkpoint_path, else loads --load_checkpoint_path (see TrainingCheckpoints)."""
         c = self.config
         if c.mode == "train" and self.checkpoints.latest():
-            self.checkpoints.check_signature(self.run_signature())
+            self.checkpoints.check_signature(self.config.resume_signature(self.samples["train"]))
         path = self.checkpoints.restore_latest_or(c.load_checkpoint_path, self.model, c.model_type, c.mode == "train")
         if path is not None:
             step, epoch = int(self.global_step.numpy()), int(self.epoch.numpy())
@@ -176,26 +210,6 @@ class Trainer:
 
     def next_chunk(self, step: int) -> int:
         return next_chunk(self.config, step)
-
-    def check_epoch_samples(self, epoch: int, read: int, skipped_steps: int):
-        """Stops the run when an epoch trained on another number of samples than the dataset declares (a
-        truncated or missing file loses whole records without any read error)."""
-        c = self.config
-        declared = self.samples["train"] * max(1, c.repeat_count)
-        expected = (declared // c.global_batch_size) * c.global_batch_size if c.drop_remainder else declared
-        expected -= skipped_steps * c.global_batch_size
-        if read != expected:
-            source = "the FeatureSpec's metadata" if self.task.declared_count("train") else "counting its records"
-            raise DataError(
-                f"epoch {epoch + 1} read {read:,} training samples but the train split holds {expected:,} (from "
-                f"{source}): a data file is truncated, missing or was changed after the dataset was written; "
-                f"check it with `sim-tf inspect --dataset_dir {c.dataset_dir}`")
-
-    def _request_stop(self, signum, frame):
-        if self._stop_signal and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C does not wait
-        self._stop_signal = signum
-        self.log.say(f"received {signal.Signals(signum).name}: stopping after the current steps")
 
     def evaluate_and_log(self, epoch: int) -> dict:
         step = int(self.global_step.numpy())
@@ -236,19 +250,13 @@ class Trainer:
         when = f"after epoch {epoch + 1}" if epoch_done else f"at step {step}"
         if not self.config.save_checkpoint_path or self.config.benchmark:
             raise Interrupted(f"stopped {when} on request; nothing was saved (no --save_checkpoint_path), so running "
-                              f"the command again starts over", exit_code=128 + (self._stop_signal or signal.SIGTERM))
+                              f"the command again starts over", exit_code=128 + (self.stop_request.signum or signal.SIGTERM))
         raise Interrupted(f"stopped {when} on request ({where}); run the same command again to resume")
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with self.stop_request:
             return self._train()
-        finally:
-            for s, handler in handlers.items():
-                signal.signal(s, handler)
 
     def _train(self) -> dict:
         c = self.config
@@ -281,7 +289,7 @@ class Trainer:
                 chunk = self.next_chunk(step)
                 started = time.perf_counter()
                 loss_sum, done, stop, samples = self._train_loop_fn(
-                    iterator, tf.constant(chunk, tf.int64), tf.constant(bool(self._stop_signal)))
+                    iterator, tf.constant(chunk, tf.int64), tf.constant(bool(self.stop_request.signum)))
                 done, loss_sum = int(done.numpy()), float(loss_sum.numpy())
                 epoch_samples += int(samples.numpy())
                 elapsed = time.perf_counter() - started
@@ -314,7 +322,8 @@ class Trainer:
             self.profiler.stop()
             if c.benchmark:
                 break
-            self.check_epoch_samples(epoch, epoch_samples, skipped)
+            check_epoch_samples(c, self.samples["train"], self.task.declared_count("train") is not None, epoch,
+                                epoch_samples, skipped)
             self.epoch.assign(epoch + 1)
             self.step_in_epoch.assign(0)
             self.log.record("epoch", epoch=epoch, step=int(self.global_step.numpy()), train_loss=last_loss,
