@@ -136,12 +136,19 @@ def run_command(name: str, argv: list[str], run: Callable, module=None) -> None:
     app.run(_guarded(program, run), argv=[program] + list(argv[1:]), flags_parser=_flags_parser(program))
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv if argv is None else argv)
+def take_global_flags(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Takes the flags every entry point accepts out of ``argv``, before absl parses the rest:
+    ``--tf_log_level`` (returned) and ``--debug`` (tracebacks instead of one-line messages, set for this
+    process and its children)."""
     level, argv = tf_log_level(argv)
-    if "--debug" in argv:  # tracebacks instead of one-line messages, in this process and its children
+    if "--debug" in argv:
         argv.remove("--debug")
         os.environ["SIM_TF_DEBUG"] = "1"
+    return level, argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    level, argv = take_global_flags(list(sys.argv if argv is None else argv))
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(usage())
         sys.exit(0 if len(argv) >= 2 else 2)

@@ -15,3 +15,9 @@ class Interrupted(Exception):
     def __init__(self, message: str, exit_code: int = 75):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def brief(error: BaseException | str, limit: int = 300) -> str:
+    """An error's text on one line (whitespace folded), at most ``limit`` characters: for messages that quote
+    a library's multi-line error."""
+    return " ".join(str(error).split())[:limit]

@@ -39,10 +39,9 @@ class Stopped(Exception):
 
 def describe(error: BaseException) -> str | None:
     """One line for a fault from outside the program; None for anything else (a bug keeps its traceback)."""
-    if isinstance(error, OSError) and error.errno in _HINTS or isinstance(error, (PermissionError,
-                                                                                  FileNotFoundError)):
+    if isinstance(error, OSError) and error.errno in _HINTS:
         name = error.filename or ""
-        return f"{name + ': ' if name else ''}{_HINTS.get(error.errno, error.strerror or str(error))}"
+        return f"{name + ': ' if name else ''}{_HINTS[error.errno]}"
     if isinstance(error, (gzip.BadGzipFile, zlib.error, EOFError)):
         return f"a compressed input file is corrupt or truncated ({error}): download or write it again"
     try:

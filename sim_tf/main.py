@@ -12,7 +12,7 @@ import sys
 def entry(argv=None):
     from sim_tf import cli
 
-    level, argv = cli.tf_log_level(list(sys.argv if argv is None else argv))
+    level, argv = cli.take_global_flags(list(sys.argv if argv is None else argv))
     cli.quiet_tensorflow_import(level)
     from sim_tf.commands import train
 

@@ -210,7 +210,7 @@ CASES = [
     Case("corrupt data", "a feature stored as float_list", ("train", "--dataset_dir={W}/floats", R, *TRAIN),
          "'{W}/floats/train/part_0003.tfrecord' does not match its FeatureSpec"),
     Case("corrupt data", "inspect a corrupt file", ("inspect", "--dataset_dir={W}/corrupt"),
-         "data file {W}/corrupt/train/part_0002.tfrecord of the train split is corrupt"),
+         "data file '{W}/corrupt/train/part_0002.tfrecord' is corrupt"),
     # --- FeatureSpec
     Case("spec", "metadata.samples is not a number", ("inspect", "--dataset_dir={W}/samples_text"),
          "metadata.samples must map each split to a whole number of samples"),

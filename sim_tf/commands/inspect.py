@@ -37,7 +37,7 @@ def describe(spec: fs.FeatureSpec, long_seq_length: int) -> list[str]:
         layout = "one sample per record" if prebatch == 1 else f"prebatched, {prebatch} samples per record"
         lines.append(
             f"{mapping}: {data.sample_count(spec, mapping):,} samples in {len(spec.files(mapping))} file(s), {layout}"
-            f" ({'declared in the metadata' if declared(spec, mapping) is not None else 'counted'})"
+            f" ({'declared in the metadata' if data.declared_sample_count(spec, mapping) is not None else 'counted'})"
         )
     long = min(long_seq_length, spec.history_length - 1)
     ds = data.make_dataset(spec, "test", 1024, options=data.InputOptions(long_seq_length=long))
@@ -51,11 +51,6 @@ def describe(spec: fs.FeatureSpec, long_seq_length: int) -> list[str]:
     return lines
 
 
-def declared(spec: fs.FeatureSpec, mapping: str) -> int | None:
-    stored = spec.metadata.get("samples", {})
-    return stored.get(mapping) if isinstance(stored, dict) else None
-
-
 def scan(spec: fs.FeatureSpec, mapping: str, long_seq_length: int) -> str:
     """Reads every record of ``mapping`` through the input pipeline (which checks every id against its
     cardinality and every shape against the spec) and compares the samples read with the declared count."""
@@ -64,16 +59,13 @@ def scan(spec: fs.FeatureSpec, mapping: str, long_seq_length: int) -> str:
     try:
         for _, label in data.make_dataset(spec, mapping, 8192, options=options):
             read += int(label.shape[0])
-    except tf.errors.InvalidArgumentError as e:
-        raise (inputs.explain_data_error(e) or inputs.DataError(
-            f"the {mapping} split's records do not match the FeatureSpec: {e.message.splitlines()[0][:300]}")) from None
-    except tf.errors.DataLossError:
-        found = data.first_unreadable_file(spec, (mapping,))
-        raise inputs.DataError(f"data file {found[0] if found else '?'} of the {mapping} split is corrupt") from None
-    expected = declared(spec, mapping)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        explained = data.explain_pipeline_error(e, spec, (mapping,)) or inputs.DataError(
+            f"the {mapping} split's records do not match the FeatureSpec: {e.message.splitlines()[0][:300]}")
+        raise explained from None
+    expected = data.declared_sample_count(spec, mapping)
     if expected is not None and read != expected:
-        raise inputs.DataError(f"the {mapping} split holds {read:,} samples but its FeatureSpec declares {expected:,}: "
-                               f"a data file is truncated, missing or was changed after the dataset was written")
+        raise data.lost_samples(f"the {mapping} split holds {read:,} samples but its FeatureSpec declares {expected:,}")
     return f"{mapping}: read all {read:,} samples: ids within their cardinalities, shapes as declared"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import tensorflow as tf
 
 from sim_tf.data import feature_spec as fs
-from sim_tf.data.inputs import DataError, model_inputs
+from sim_tf.data.inputs import DataError, explain_data_error, model_inputs
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -119,11 +119,24 @@ def inspect_layout(spec: fs.FeatureSpec, mapping: str) -> int:
     return prebatch if not is_remainder else max(prebatch, label_count)
 
 
+def declared_sample_count(spec: fs.FeatureSpec, mapping: str) -> int | None:
+    """The number of samples the spec's metadata declares for ``mapping``; None when it declares none."""
+    stored = spec.metadata.get("samples", {})
+    return int(stored[mapping]) if isinstance(stored, dict) and mapping in stored else None
+
+
+def lost_samples(what: str, advice: str = "") -> DataError:
+    """The error for a pass that read another number of samples than the split holds: ``what`` gives the
+    two counts; a TFRecord file cut at a record boundary loses whole records without any read error."""
+    return DataError(f"{what}: a data file is truncated, missing or was changed after the dataset was written"
+                     + (f"; {advice}" if advice else ""))
+
+
 def sample_count(spec: fs.FeatureSpec, mapping: str) -> int:
     """Samples in ``mapping``: from metadata when the writer stored it, else by reading the labels."""
-    stored = spec.metadata.get("samples", {})
-    if isinstance(stored, dict) and mapping in stored:
-        return int(stored[mapping])
+    declared = declared_sample_count(spec, mapping)
+    if declared is not None:
+        return declared
     label = spec.label_feature
     ds = tf.data.TFRecordDataset(spec.files(mapping), num_parallel_reads=4).batch(4096)
     ds = ds.map(lambda r: tf.io.parse_example(r, {label: tf.io.RaggedFeature(tf.int64)})[label].values)
@@ -228,7 +241,7 @@ def first_unreadable_file(spec: fs.FeatureSpec, mappings=("train", "test")) -> t
                 for _ in tf.data.TFRecordDataset(path):
                     pass
             except tf.errors.OpError as e:
-                return path, (e.message or type(e).__name__).strip().splitlines()[0][:200]
+                return path, _first_line(e)
     return None
 
 
@@ -249,5 +262,28 @@ def first_bad_records(spec: fs.FeatureSpec, mappings=("train", "test")) -> tuple
                             return path, (f"feature {name!r} does not hold {per_sample} value(s) per sample in "
                                           f"every record")
             except tf.errors.OpError as e:
-                return path, (e.message or type(e).__name__).strip().splitlines()[0][:200]
+                return path, _first_line(e)
+    return None
+
+
+def _first_line(error: tf.errors.OpError) -> str:
+    return (error.message or type(error).__name__).strip().splitlines()[0][:200]
+
+
+def explain_pipeline_error(error: tf.errors.OpError, spec: fs.FeatureSpec,
+                           mappings=("train", "test")) -> DataError | None:
+    """The data fault behind an error the input pipeline raised inside a graph, as a DataError naming the
+    feature or the file: an id outside its vocabulary, a corrupt file (DataLossError), records that do not
+    parse or reshape as the spec says (InvalidArgumentError). None when the data is not at fault."""
+    if isinstance(error, tf.errors.DataLossError):
+        found = first_unreadable_file(spec, mappings)
+        where = f"data file {found[0]!r} is corrupt ({found[1]})" if found else "a data file is corrupt"
+        return DataError(f"{where}: rewrite it from its source (sim-tf convert / synthesize)")
+    if isinstance(error, tf.errors.InvalidArgumentError):
+        explained = explain_data_error(error)
+        if explained is not None:
+            return explained
+        found = first_bad_records(spec, mappings)
+        if found is not None:
+            return DataError(f"data file {found[0]!r} does not match its FeatureSpec: {found[1]}")
     return None

@@ -23,7 +23,7 @@ import numpy as np
 
 from sim_tf.data import feature_spec as fs
 from sim_tf.data import tfrecord_writer
-from sim_tf.errors import UserError
+from sim_tf.errors import UserError, brief
 from sim_tf.progress import Progress
 
 COLUMN_MODES = ("by_position", "by_name")
@@ -136,7 +136,7 @@ def open_parquet(path: str):
     try:
         return pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
-        raise UserError(f"{path} is not a readable parquet file: {' '.join(str(e).split())[:300]}") from None
+        raise UserError(f"{path} is not a readable parquet file: {brief(e)}") from None
 
 
 def record_batches(parquet, path: str, columns: list[str], batch_size: int = 65536):
@@ -146,7 +146,7 @@ def record_batches(parquet, path: str, columns: list[str], batch_size: int = 655
     try:
         yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
     except (OSError, pa.ArrowException) as e:
-        raise UserError(f"{path} is not a readable parquet file: {' '.join(str(e).split())[:300]}") from None
+        raise UserError(f"{path} is not a readable parquet file: {brief(e)}") from None
 
 
 def as_int64(values: np.ndarray, name: str, path: str) -> np.ndarray:

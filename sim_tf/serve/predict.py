@@ -16,7 +16,7 @@ import numpy as np
 
 from sim_tf.data import tfrecord_writer
 from sim_tf.data.inputs import explain_data_error
-from sim_tf.errors import UserError
+from sim_tf.errors import UserError, brief
 from sim_tf.progress import Progress
 
 
@@ -142,7 +142,7 @@ def predict(model: str, input_path: str, output: str, mapping: str = "test", bat
         serve = tf.saved_model.load(model).signatures["serving_default"]
     except Exception as e:  # a corrupt saved_model.pb raises protobuf, OS or TensorFlow errors
         raise UserError(f"--model {model!r} is not a readable SavedModel ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:200]}); export it again with `sim-tf export`") from None
+                        f"{brief(e, 200)}); export it again with `sim-tf export`") from None
     names = sorted(serve.structured_input_signature[1])
     if os.path.exists(os.path.join(input_path, "feature_spec.yaml")):
         batches = tfrecord_batches(input_path, mapping, batch_size, names)

@@ -16,7 +16,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from sim_tf.errors import UserError
+from sim_tf.errors import UserError, brief
 
 
 def variables_by_path(model: keras.Model) -> dict:
@@ -48,13 +48,13 @@ def restore_model_weights(model: keras.Model, path: str, model_type: str) -> Non
         status = tf.train.Checkpoint(model=variables_by_path(model)).restore(path)
     except (ValueError, tf.errors.OpError) as e:
         raise UserError(f"checkpoint {path!r} is unreadable or does not fit a {model_type} model with these "
-                        f"flags: {' '.join(str(e).split())[:300]}") from None
+                        f"flags: {brief(e)}") from None
     status.expect_partial()  # the optimizer and counters are not needed
     try:
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags "
-                        f"(--model_type, --embedding_dim, MLP sizes, --attention): {str(e)[:300]}") from None
+                        f"(--model_type, --embedding_dim, MLP sizes, --attention): {brief(e)}") from None
 
 
 class TrainingCheckpoints:
@@ -97,7 +97,7 @@ class TrainingCheckpoints:
     SIGNATURE = "run_signature.json"
 
     def write_signature(self, signature: dict) -> None:
-        """Records, beside the chief's checkpoints, what a resume must keep equal (see Trainer.run_signature)."""
+        """Records, beside the chief's checkpoints, what a resume must keep equal (see TrainConfig.resume_signature)."""
         if self.is_chief and self.directory:
             from sim_tf.data.atomic import atomic_write_text
 
@@ -130,16 +130,19 @@ class TrainingCheckpoints:
         try:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
-            detail = " ".join(str(e).split())[:300]
             raise UserError(f"checkpoint {path!r} cannot be resumed by this run: it is unreadable or was written "
-                            f"for another model (--model_type, --embedding_dim, MLP sizes) or optimizer: {detail}; "
+                            f"for another model (--model_type, --embedding_dim, MLP sizes) or optimizer: {brief(e)}; "
                             f"use another --save_checkpoint_path for a new run") from None
 
-    def restore_latest_or(self, load_path: str, model: keras.Model, model_type: str, training: bool) -> str | None:
-        """Training resumes the whole state from the newest checkpoint in the save folder, else from
-        ``load_path``; evaluation and inference load only the model's weights from ``load_path``.
-        Returns the checkpoint used, or None."""
-        candidates = [self.latest() if training else None]
+    def restore_latest_or(self, load_path: str, model: keras.Model, model_type: str, training: bool,
+                          signature: dict | None = None) -> str | None:
+        """Training resumes the whole state from the newest checkpoint in the save folder (refused when
+        ``signature`` differs from the saved run's), else from ``load_path``; evaluation and inference load
+        only the model's weights from ``load_path``. Returns the checkpoint used, or None."""
+        latest = self.latest() if training else None
+        if latest and signature is not None:
+            self.check_signature(signature)
+        candidates = [latest]
         if load_path:
             candidates.append(find_checkpoint(load_path))
         path = next((p for p in candidates if p), None)

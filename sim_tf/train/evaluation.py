@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from sim_tf.data.inputs import DataError
+from sim_tf.data.dataset import lost_samples
 from sim_tf.errors import UserError
 from sim_tf.train.measure import percentiles
 
@@ -61,9 +61,8 @@ class Evaluator:
             raise UserError(f"the {mapping!r} mapping produced no samples")
         read, expected = sum(len(y) for y in labels), self.expected_samples.get(mapping)
         if batches is None and expected is not None and read != expected:
-            raise DataError(f"the {mapping} split delivered {read:,} samples but holds {expected:,}: a data file is "
-                            f"truncated, missing or was changed after the dataset was written; no metrics are "
-                            f"reported on part of a split")
+            raise lost_samples(f"the {mapping} split delivered {read:,} samples but holds {expected:,}",
+                               "no metrics are reported on part of a split")
         return np.concatenate(probabilities), np.concatenate(labels), np.concatenate(users), latencies
 
     def evaluate(self, mapping: str = "test") -> dict:

@@ -83,8 +83,7 @@ class CtrTask:
 
     def declared_count(self, mapping: str) -> int | None:
         """The count the spec's metadata declares for ``mapping``, None when it declares none."""
-        stored = self.spec.metadata.get("samples", {})
-        return int(stored[mapping]) if isinstance(stored, dict) and mapping in stored else None
+        return data.declared_sample_count(self.spec, mapping)
 
     @functools.cached_property
     def train_fits_in_memory(self) -> bool:

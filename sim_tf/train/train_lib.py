@@ -15,8 +15,7 @@ import tensorflow as tf
 from sim_tf.data import feature_spec as fs
 from sim_tf.data.atomic import ensure_writable_folder
 from sim_tf.data import dataset as data
-from sim_tf.data.inputs import DataError, explain_data_error
-from sim_tf.errors import UserError
+from sim_tf.errors import UserError, brief
 from sim_tf.train.config import TrainConfig
 from sim_tf.train.measure import peak_rss_bytes, weights_digest
 from sim_tf.train.run_log import RunLog
@@ -56,8 +55,7 @@ def create_trainer(config: TrainConfig, echo: Callable[[str], None] | None = pri
         ensure_writable_folder(config.tensorboard_path, "--tensorboard_dir" if config.tensorboard_dir else
                                "--results_dir (its tensorboard folder)")
         ensure_writable_folder(config.save_checkpoint_path, "--save_checkpoint_path")
-    log_path = os.path.join(config.results_dir, config.log_filename) if is_chief else None
-    return Trainer(config, spec, RunLog(log_path, echo if is_chief else None))
+    return Trainer(config, spec, RunLog(log if is_chief else None, echo if is_chief else None))
 
 
 def run_mode(trainer: Trainer) -> dict:
@@ -81,18 +79,11 @@ def run_mode(trainer: Trainer) -> dict:
                 result = trainer.evaluator.evaluate("test")
                 summary = {"test_auc": result["auc"], "test_loss": result["loss"], "test_gauc": result["gauc"],
                            "samples": result["samples"]}
-    except tf.errors.DataLossError:
-        found = data.first_unreadable_file(trainer.task.spec)
-        where = f"data file {found[0]!r} is corrupt ({found[1]})" if found else "a data file is corrupt"
-        raise DataError(f"{where}: rewrite it from its source (sim-tf convert / synthesize)") from None
-    except tf.errors.InvalidArgumentError as e:
-        explained = explain_data_error(e)
-        if explained is not None:
-            raise explained from None
-        found = data.first_bad_records(trainer.task.spec)
-        if found is None:
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        explained = data.explain_pipeline_error(e, trainer.task.spec)
+        if explained is None:
             raise
-        raise DataError(f"data file {found[0]!r} does not match its FeatureSpec: {found[1]}") from None
+        raise explained from None
     except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
             tf.errors.CancelledError, tf.errors.InternalError) as e:
         if trainer.cluster.num_workers <= 1:
@@ -100,7 +91,7 @@ def run_mode(trainer: Trainer) -> dict:
         lines = [line.strip() for line in (e.message or "").splitlines() if line.strip()]
         raise UserError(
             f"worker {trainer.cluster.task_index} lost contact with the other workers ({type(e).__name__}: "
-            f"{' '.join(lines[:2])[:300]}); the job stops here: relaunch it to resume from the last checkpoint"
+            f"{brief(' '.join(lines[:2]))}); the job stops here: relaunch it to resume from the last checkpoint"
         ) from None
     finally:
         trainer.profiler.stop()

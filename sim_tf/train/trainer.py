@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from sim_tf import distribute
 from sim_tf.data import feature_spec as fs
-from sim_tf.data.inputs import DataError
+from sim_tf.data.dataset import lost_samples
 from sim_tf.errors import Interrupted, UserError
 from sim_tf.progress import format_duration
 from sim_tf.train.checkpoints import TrainingCheckpoints
@@ -58,16 +58,13 @@ def check_epoch_samples(config: TrainConfig, train_samples: int, declared: bool,
                         skipped_steps: int) -> None:
     """Stops the run when an epoch trained on another number of samples than the dataset holds (a truncated
     or missing file loses whole records without any read error)."""
-    total = train_samples * max(1, config.repeat_count)
     batch = config.global_batch_size
-    expected = (total // batch) * batch if config.drop_remainder else total
-    expected -= skipped_steps * batch
+    total = train_samples * max(1, config.repeat_count)
+    expected = (steps_per_epoch(config, train_samples) * batch if config.drop_remainder else total) - skipped_steps * batch
     if read != expected:
         source = "the FeatureSpec's metadata" if declared else "counting its records"
-        raise DataError(
-            f"epoch {epoch + 1} read {read:,} training samples but the train split holds {expected:,} (from "
-            f"{source}): a data file is truncated, missing or was changed after the dataset was written; "
-            f"check it with `sim-tf inspect --dataset_dir {config.dataset_dir}`")
+        raise lost_samples(f"epoch {epoch + 1} read {read:,} training samples but the train split holds {expected:,} "
+                           f"(from {source})", f"check it with `sim-tf inspect --dataset_dir {config.dataset_dir}`")
 
 
 class StopRequest:
@@ -195,9 +192,8 @@ class Trainer:
     def restore(self) -> str | None:
         """Resumes from --save_checkpoint_path, else loads --load_checkpoint_path (see TrainingCheckpoints)."""
         c = self.config
-        if c.mode == "train" and self.checkpoints.latest():
-            self.checkpoints.check_signature(self.config.resume_signature(self.samples["train"]))
-        path = self.checkpoints.restore_latest_or(c.load_checkpoint_path, self.model, c.model_type, c.mode == "train")
+        path = self.checkpoints.restore_latest_or(c.load_checkpoint_path, self.model, c.model_type, c.mode == "train",
+                                                  c.resume_signature(self.samples["train"]))
         if path is not None:
             step, epoch = int(self.global_step.numpy()), int(self.epoch.numpy())
             self.log.say(f"restored {path} (step {step}, epoch {epoch})")
@@ -244,13 +240,12 @@ class Trainer:
         the checkpoint just saved); a benchmark saves nothing."""
         if not epoch_done and not self.config.benchmark:
             path = self.save()
-        where = (f"saved {path}" if path else "the chief saved the checkpoint" if self.config.save_checkpoint_path
-                 else "no --save_checkpoint_path, nothing saved")
         self.log.record("interrupted", step=step, epoch=epoch, checkpoint=path)
         when = f"after epoch {epoch + 1}" if epoch_done else f"at step {step}"
         if not self.config.save_checkpoint_path or self.config.benchmark:
             raise Interrupted(f"stopped {when} on request; nothing was saved (no --save_checkpoint_path), so running "
                               f"the command again starts over", exit_code=128 + (self.stop_request.signum or signal.SIGTERM))
+        where = f"saved {path}" if path else "the chief saved the checkpoint"
         raise Interrupted(f"stopped {when} on request ({where}); run the same command again to resume")
 
     # ------------------------------------------------------------------ the loop
