@@ -5,6 +5,7 @@ noise of parsing; the figures in BUILD_NOTES.md's lever table come from here. Th
 drifts by several percent from minute to minute, so each figure is the *minimum* of --repeats timings.
 
     python -m sim_tf.bench.step_time --dataset_dir DIR [--model_type sim] [--amp] [--xla] [--optimizer adam]
+        [--gsu soft|hard --max_long_history N]   (behaviour-store datasets)
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--global_batch_size", type=int, default=4096)
     parser.add_argument("--long_seq_length", type=int, default=90)
+    parser.add_argument("--gsu", default="soft", choices=("soft", "hard"))
+    parser.add_argument("--max_long_history", type=int, default=1000)
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--xla", action="store_true")
     parser.add_argument("--repeats", type=int, default=15)
@@ -33,12 +36,14 @@ def main() -> None:
     import tensorflow as tf
 
     from sim_tf.train import train_lib
+    from sim_tf.models.models import ModelConfig
     from sim_tf.train.config import TrainConfig
 
     config = TrainConfig(
         mode="train", model_type=args.model_type, dataset_dir=args.dataset_dir, optimizer=args.optimizer,
         global_batch_size=args.global_batch_size, long_seq_length=args.long_seq_length, amp=args.amp,
         xla=args.xla, benchmark=True, results_dir="/tmp/sim_tf.bench.step_time",
+        model=ModelConfig(gsu=args.gsu, top_k=min(50, args.max_long_history)), max_long_history=args.max_long_history,
     )
     trainer = train_lib.create_trainer(config, echo=None)
     features, labels = batch = next(iter(trainer.datasets("train", 0)))

@@ -39,10 +39,18 @@ class Case:
     preset: str
     mode: str
     config: str
+    # Behaviour-store datasets only: the search unit and the long history's span (--max_long_history).
+    gsu: str = ""
+    long_history: int = 0
+
+    @property
+    def history(self) -> str:
+        return f"{self.gsu} {self.long_history:,}" if self.gsu else ""
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{dataset_label(self.preset)}-{self.mode}-{self.config}"
+        history = f"-{self.gsu}{self.long_history}" if self.gsu else ""
+        return f"{self.model}-{dataset_label(self.preset)}{history}-{self.mode}-{self.config}"
 
 
 def is_folder_preset(preset: str) -> bool:
@@ -70,14 +78,47 @@ class Settings:
     sim_tf_path: str | None = None  # run another checkout of sim-tf (before/after comparisons)
 
 
-def cases(models: Sequence[str], presets: Sequence[str], modes: Sequence[str], configs: Sequence[str]) -> list[Case]:
+def is_store_preset(preset: str) -> bool:
+    """Whether ``preset`` is a behaviour-store dataset (the lifelong presets, or a folder whose FeatureSpec
+    has a behavior_store section)."""
+    from sim_tf.data import synthetic
+
+    if not is_folder_preset(preset):
+        return preset in synthetic.LIFELONG_PRESETS
+    import yaml
+
+    try:
+        with open(os.path.join(preset, DEFAULT_FEATURE_SPEC_NAME)) as f:
+            return "behavior_store" in (yaml.safe_load(f) or {})
+    except (OSError, yaml.YAMLError):
+        return False
+
+
+def cases(models: Sequence[str], presets: Sequence[str], modes: Sequence[str], configs: Sequence[str],
+          gsus: Sequence[str] = ("soft",), long_histories: Sequence[int] = (1000,)) -> list[Case]:
+    """Every combination; on behaviour-store presets also every (search unit, long history) pair (DIN and
+    DIEN have no search unit: they get the soft one, i.e. the whole long history)."""
+    from sim_tf.models import GSU_KINDS
+
     for mode in modes:
         if mode not in MODES:
             raise UserError(f"--modes: unknown mode {mode!r}; choose from {list(MODES)}")
     for config in configs:
         if config not in CONFIGS:
             raise UserError(f"--configs: unknown config {config!r}; choose from {list(CONFIGS)}")
-    return [Case(m, p, mode, c) for p in presets for m in models for mode in modes for c in configs]
+    for gsu in gsus:
+        if gsu not in GSU_KINDS:
+            raise UserError(f"--gsus: unknown search unit {gsu!r}; choose from {list(GSU_KINDS)}")
+    for length in long_histories:
+        if length < 1:
+            raise UserError(f"--long_histories must be positive, got {length}")
+    out = []
+    for p in presets:
+        histories = [(g, n) for g in gsus for n in long_histories] if is_store_preset(p) else [("", 0)]
+        for m in models:
+            shown = histories if m == "sim" or not histories[0][0] else list(dict.fromkeys(("soft", n) for _, n in histories))
+            out += [Case(m, p, mode, c, g, n) for g, n in shown for mode in modes for c in configs]
+    return out
 
 
 def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: str, repeat: int = 0) -> list[str]:
@@ -92,7 +133,11 @@ def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: 
     command = "inference" if case.mode == "inference" else "train"
     dataset_dir, results_dir = os.path.abspath(dataset_dir), os.path.abspath(results_dir)
     args = [command, f"--dataset_dir={dataset_dir}", f"--model_type={case.model}"]
-    if not is_folder_preset(case.preset):
+    if case.gsu:
+        args += [f"--gsu={case.gsu}", f"--max_long_history={case.long_history}"]
+        if case.model == "sim":
+            args.append(f"--top_k={min(50, case.long_history)}")
+    elif not is_folder_preset(case.preset):
         # A dataset folder's long/short split is the trainer's default (90) unless given after `--`.
         preset = synthetic.PRESETS[case.preset]
         args.append(f"--long_seq_length={preset.history_length - preset.recent_length}")
@@ -195,13 +240,14 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def format_table(results: list[dict]) -> str:
-    header = ["model", "preset", "mode", "config", "samples/s (median)", "min - max", "p50 / p90 / p99 ms",
-              "test AUC", "peak RSS", "runs"]
+    header = ["model", "preset", "history", "mode", "config", "samples/s (median)", "min - max",
+              "p50 / p90 / p99 ms", "test AUC", "peak RSS", "runs"]
     rows = []
     for entry in results:
         case, agg = entry["case"], entry["result"]
+        history = Case(**case).history
         if "throughput" not in agg:
-            rows.append([case["model"], case["preset"], case["mode"], case["config"],
+            rows.append([case["model"], case["preset"], history, case["mode"], case["config"],
                          f"FAILED: {agg.get('error', '?')}"[:60], "", "", "", "", f"{agg['runs']}"])
             continue
         latency = " / ".join(f"{agg[k]:.0f}" if k in agg else "-"
@@ -211,7 +257,7 @@ def format_table(results: list[dict]) -> str:
             auc += f" ({agg['test_auc_min']:.4f}-{agg['test_auc_max']:.4f})"
         failed = f" ({agg['failed']} failed)" if agg["failed"] else ""
         rows.append([
-            case["model"], case["preset"], case["mode"], case["config"],
+            case["model"], case["preset"], history, case["mode"], case["config"],
             f"{agg['throughput']:,.0f}", f"{agg['throughput_min']:,.0f} - {agg['throughput_max']:,.0f}",
             latency, auc, f"{agg['peak_rss_bytes'] / 2**30:.2f} GiB", f"{agg['runs']}{failed}",
         ])
@@ -237,8 +283,9 @@ def ensure_dataset(preset: str, data_dir: str, echo: Callable[[str], None] = pri
         if not os.path.isfile(os.path.join(preset, DEFAULT_FEATURE_SPEC_NAME)):
             raise UserError(f"--presets: {preset!r} is not a dataset folder (no {DEFAULT_FEATURE_SPEC_NAME} in it)")
         return preset
-    if preset not in synthetic.PRESETS:
-        raise UserError(f"--presets: unknown preset {preset!r}; choose from {list(synthetic.PRESETS)} or give "
+    known = list(synthetic.PRESETS) + list(synthetic.LIFELONG_PRESETS)
+    if preset not in known:
+        raise UserError(f"--presets: unknown preset {preset!r}; choose from {known} or give "
                         f"the path of a dataset folder (one holding {DEFAULT_FEATURE_SPEC_NAME})")
     folder = os.path.join(data_dir, f"{preset}-seed0")
     if not os.path.exists(os.path.join(folder, DEFAULT_FEATURE_SPEC_NAME)):
@@ -251,12 +298,27 @@ def ensure_dataset(preset: str, data_dir: str, echo: Callable[[str], None] = pri
     return folder
 
 
+def cpu_model() -> str:
+    """The CPU's model name (benchmarks differ between CPU models more than between runs)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def machine() -> dict:
     import platform
 
     import tensorflow as tf
 
     return {
+        "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

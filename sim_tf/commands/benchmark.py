@@ -4,6 +4,8 @@
   sim-tf benchmark --models sim --configs fp32,amp+xla --modes train,inference,auc --repeats 5
   sim-tf benchmark --presets small,amazon --modes train -- --optimizer=lazy_adam   (flags after -- go to every run)
   sim-tf benchmark --presets sim_tf_demo/data/amazon-raw-seed0/tfrecord --modes auc   (a dataset folder)
+  sim-tf benchmark --models sim --presets lifelong --gsus soft,hard --long_histories 100,1000,10000 \
+      --configs fp32 --global_batch_size 1024      (long histories from a behaviour store)
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ from sim_tf.models import MODEL_TYPES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(MODEL_TYPES), f"Models to measure, from {list(MODEL_TYPES)}.")
-flags.DEFINE_list("presets", ["small"], "Synthetic presets to measure on (tiny, small, amazon; each is written once "
+flags.DEFINE_list("presets", ["small"], "Synthetic presets to measure on (tiny, small, amazon, lifelong; each is written once "
                   "to --data_dir), or paths of dataset folders holding a feature_spec.yaml (a path has a '/'), "
                   "e.g. the demo's sim_tf_demo/data/amazon-raw-seed0/tfrecord, where one epoch trains to "
                   "convergence.")
 flags.DEFINE_list("modes", ["train", "inference"], "train: --benchmark training steps; inference: --benchmark "
                   "prediction batches of the test split (random weights); auc: one real epoch + test AUC (repeat r "
                   "trains with --seed=r, so the AUC range is the seed-to-seed spread).")
+flags.DEFINE_list("gsus", ["soft", "hard"], "Behaviour-store presets only: SIM's search units to measure (DIN and "
+                  "DIEN always get the whole long history).")
+flags.DEFINE_list("long_histories", ["100", "1000", "10000"], "Behaviour-store presets only: long-history spans "
+                  "(--max_long_history) to measure.")
 flags.DEFINE_list("configs", ["fp32", "amp"], f"Precision/compilation settings, from {list(bench.CONFIGS)} "
                   "(amp is bfloat16 on CPU, float16 with loss scaling on GPU).")
 flags.DEFINE_integer("repeats", 3, "Runs per case, each in a fresh process, round-robin over the cases; the table "
@@ -67,7 +73,12 @@ def main(argv):
     for model in FLAGS.models:
         if model not in MODEL_TYPES:
             raise UserError(f"--models: unknown model {model!r}; choose from {list(MODEL_TYPES)}")
-    all_cases = bench.cases(FLAGS.models, FLAGS.presets, FLAGS.modes, FLAGS.configs)
+    try:
+        long_histories = [int(v) for v in FLAGS.long_histories]
+    except ValueError:
+        raise UserError(f"--long_histories must be integers, got {','.join(FLAGS.long_histories)!r}") from None
+    all_cases = bench.cases(FLAGS.models, FLAGS.presets, FLAGS.modes, FLAGS.configs, FLAGS.gsus, long_histories)
+    print(f"machine: {bench.cpu_model()}, {os.cpu_count()} CPU(s)")
     started = time.perf_counter()
     results = bench.run_suite(all_cases, settings, FLAGS.data_dir, FLAGS.work_dir)
     report = {

@@ -30,8 +30,11 @@ def main(argv):
     config.validate_for(spec)
     model, path = export.restore_model(config.model_type, config.model, spec, config.load_checkpoint_path)
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
-        export.export(model, spec, config.long_seq_length, staging,
-                      extra={"model_type": config.model_type, "checkpoint": os.path.abspath(path)})
+        long = config.long_history_positions if spec.store is not None else config.long_seq_length
+        export.export(model, spec, long, staging,
+                      extra={"model_type": config.model_type, "checkpoint": os.path.abspath(path),
+                             **({"gsu": config.model.gsu, "max_long_history": config.max_long_history}
+                                if spec.store is not None else {})})
     names = spec.user_features + spec.target_item_features + spec.positive_history_features
     print(f"exported {config.model_type} from {path} to {FLAGS.output}\n"
           f"  serving_default inputs (int64): {', '.join(names)}; output: probability\n"

@@ -13,12 +13,15 @@ from sim_tf.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "tfrecord", ["tfrecord", "amazon-raw"], "tfrecord: a ready dataset (FeatureSpec + TFRecord); amazon-raw: reviews_Books.json + meta_Books.json in the 2014 formats, for `sim-tf preprocess amazon`.")
-flags.DEFINE_enum("preset", "small", list(synthetic.PRESETS), "Dataset shape to start from (--format tfrecord).")
+flags.DEFINE_enum("preset", "small", list(synthetic.PRESETS) + list(synthetic.LIFELONG_PRESETS),
+                  "Dataset shape to start from (--format tfrecord). lifelong: a behaviour store with histories up to "
+                  "--max_history whose signal is older than every sample's last 1,000 behaviours.")
 flags.DEFINE_string("output", None, "Folder to write feature_spec.yaml and the TFRecord shards to.")
 flags.DEFINE_integer("users", None, "Override the preset's number of users.")
 flags.DEFINE_integer("items", None, "Override the preset's number of items.")
 flags.DEFINE_integer("categories", None, "Override the preset's number of categories.")
-flags.DEFINE_integer("history_length", None, "Override the preset's history length L.")
+flags.DEFINE_integer("history_length", None, "Override the preset's history length L (padded presets).")
+flags.DEFINE_integer("max_history", None, "Override the lifelong preset's longest history (default 10,000).", lower_bound=1)
 flags.DEFINE_integer("train_samples", None, "Override the preset's number of training samples.")
 flags.DEFINE_integer("test_samples", None, "Override the preset's number of test samples.")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed writes the same dataset.")
@@ -44,6 +47,26 @@ def config_from_flags() -> synthetic.SyntheticConfig:
         raise UserError(str(e)) from None
 
 
+def lifelong_config_from_flags() -> synthetic.LifelongConfig:
+    overrides = {name: getattr(FLAGS, name) for name in ("users", "items", "categories", "max_history")
+                 if getattr(FLAGS, name) is not None}
+    if FLAGS.history_length is not None or FLAGS.train_samples is not None or FLAGS.test_samples is not None:
+        raise UserError("--history_length, --train_samples and --test_samples do not apply to --preset lifelong "
+                        "(its samples come 100 per user; use --users and --max_history)")
+    base = synthetic.LIFELONG_PRESETS[FLAGS.preset]
+    if "max_history" in overrides:  # keep the preset's proportions for shorter stores
+        floor = base.recent_span + base.samples_per_user + 1
+        if overrides["max_history"] < floor:
+            raise UserError(f"--max_history must be at least {floor:,} for --preset lifelong: its signal lies older than "
+                            f"the last {base.recent_span:,} behaviours before each of a user's {base.samples_per_user} samples")
+        overrides.setdefault("min_history", min(base.min_history, max(base.recent_span + base.samples_per_user + 1,
+                                                                       overrides["max_history"] // 2)))
+    try:
+        return dataclasses.replace(base, seed=FLAGS.seed, **overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def write_raw():
     from sim_tf.data import amazon_raw
 
@@ -63,6 +86,17 @@ def main(argv):
         write_raw()
         print(f"raw files written to {FLAGS.output} in {time.perf_counter() - started:.1f}s")
         return
+    if FLAGS.preset in synthetic.LIFELONG_PRESETS:
+        config = lifelong_config_from_flags()
+        started = time.perf_counter()
+        with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
+            synthetic.synthesize_lifelong(config, staging, num_files=FLAGS.num_files, prebatch_size=FLAGS.prebatch_size)
+        print(f"dataset written to {FLAGS.output} in {time.perf_counter() - started:.1f}s (preset {FLAGS.preset}: "
+              f"{config.users:,} users with {config.min_history:,}-{config.max_history:,} behaviours each, "
+              f"{config.items:,} items, {config.categories:,} categories)")
+        return
+    if FLAGS.max_history is not None:
+        raise UserError("--max_history applies to --preset lifelong only")
     config = config_from_flags()
     started = time.perf_counter()
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:

@@ -15,8 +15,10 @@ from typing import Any
 
 import tensorflow as tf
 
+from sim_tf.data import behavior_store
 from sim_tf.data import feature_spec as fs
 from sim_tf.data.inputs import DataError, explain_data_error, model_inputs
+from sim_tf.models import GSU_KINDS
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -47,6 +49,10 @@ class InputOptions:
     # The negative history feeds DIEN's auxiliary loss only; prediction skips parsing it (a third of the
     # parsing work), and its SHORT_NEG_HISTORY is then an empty tuple.
     negative_history: bool = True
+    # Store-backed datasets only (FeatureSpec behavior_store): the search unit and the long history's size.
+    gsu: str = "soft"
+    max_long_history: int = 1000
+    top_k: int = 50
 
     def __post_init__(self):
         if self.shuffle_buffer < 0:
@@ -55,19 +61,22 @@ class InputOptions:
             raise ValueError(f"out_of_range must be one of {fs.OUT_OF_RANGE_POLICIES}, got {self.out_of_range!r}")
         if self.prebatch_size is not None and self.prebatch_size < 1:
             raise ValueError(f"prebatch_size must be >= 1, got {self.prebatch_size}")
+        if self.gsu not in GSU_KINDS:
+            raise ValueError(f"gsu must be one of {GSU_KINDS}, got {self.gsu!r}")
+        if self.top_k < 1 or self.max_long_history < 1:
+            raise ValueError(f"top_k and max_long_history must be >= 1, got {self.top_k}, {self.max_long_history}")
 
 
 def _parse_spec(spec: fs.FeatureSpec, ragged: bool, negative_history: bool = True) -> dict[str, Any]:
     out = {}
     skipped = () if negative_history else set(spec.negative_history_features)
-    for name in spec.channel_features():
+    for name in spec.record_features():
         if name in skipped:
             continue
         if ragged:
             out[name] = tf.io.RaggedFeature(tf.int64)
         else:
-            length = spec.history_length if spec.is_history(name) else 1
-            out[name] = tf.io.FixedLenFeature([length], tf.int64)
+            out[name] = tf.io.FixedLenFeature([spec.per_sample(name)], tf.int64)
     return out
 
 
@@ -94,7 +103,7 @@ def inspect_layout(spec: fs.FeatureSpec, mapping: str) -> int:
         raise DataError(f"the first record of {first!r} is not a tf.train.Example: {e}") from None
     stored = example.features.feature
     label_count = None
-    for name in spec.channel_features():
+    for name in spec.record_features():
         if name not in stored:
             raise DataError(f"data file {first!r}: feature {name!r} from the spec is not in its records")
         values = stored[name].int64_list.value
@@ -108,9 +117,9 @@ def inspect_layout(spec: fs.FeatureSpec, mapping: str) -> int:
         raise DataError(f"data file {first!r}: the label feature {spec.label_feature!r} is empty")
     is_remainder = first.endswith("remainder.tfrecord")
     prebatch = int(spec.metadata.get("prebatch_size", label_count))
-    for name in spec.channel_features():
+    for name in spec.record_features():
         count = len(stored[name].int64_list.value)
-        per_sample = spec.history_length if spec.is_history(name) else 1
+        per_sample = spec.per_sample(name)
         if count != label_count * per_sample:
             raise DataError(
                 f"data file {first!r}: feature {name!r} holds {count} values for {label_count} sample(s); the spec "
@@ -184,9 +193,19 @@ def make_dataset(
     shuffle = (mapping == "train") if options.shuffle is None else options.shuffle
     out_of_range = options.out_of_range or spec.out_of_range_ids
 
+    if spec.store is not None:
+        store = behavior_store.load_for_spec(spec)
+
+        def build(parsed):
+            return behavior_store.store_inputs(parsed, store, spec, options.gsu, options.max_long_history,
+                                               options.top_k, out_of_range, options.negative_history)
+    else:
+        def build(parsed):
+            return model_inputs(parsed, spec, options.long_seq_length, out_of_range)
+
     def transform(parsed):
         label = tf.cast(tf.reshape(parsed[spec.label_feature], [-1]), tf.float32)
-        return model_inputs(parsed, spec, options.long_seq_length, out_of_range), label
+        return build(parsed), label
 
     prebatch = options.prebatch_size or inspect_layout(spec, mapping)
 
@@ -256,8 +275,8 @@ def first_bad_records(spec: fs.FeatureSpec, mappings=("train", "test")) -> tuple
                 for batch in tf.data.TFRecordDataset(path).batch(256):
                     parsed = tf.io.parse_example(batch, parse_spec)
                     labels = parsed[spec.label_feature].row_lengths()
-                    for name in spec.channel_features():
-                        per_sample = spec.history_length if spec.is_history(name) else 1
+                    for name in spec.record_features():
+                        per_sample = spec.per_sample(name)
                         if not tf.reduce_all(parsed[name].row_lengths() == labels * per_sample):
                             return path, (f"feature {name!r} does not hold {per_sample} value(s) per sample in "
                                           f"every record")

@@ -7,6 +7,18 @@ A FeatureSpec has four sections (see ../shared/SPEC_DATA.md and the NVIDIA recip
 * ``channel_spec``: channel name -> list of feature names (the five channels below).
 * ``metadata``: free-form; sim-tf reads ``out_of_range_ids`` (``error`` or ``oov``) from it.
 
+and, for lifelong histories, an optional fifth, ``behavior_store`` (sim-tf's own; the recipe has none):
+
+* ``file``: the store (``sim_tf.data.behavior_store``: every user's behaviours once, sorted by time);
+* ``user``: the user feature whose id is the store's user; ``position``: a per-sample feature saying how
+  many of the user's behaviours came before the sample (its ``history_end``);
+* ``arrays``: the store array behind each item-feature position (target, positive and negative feature i);
+* ``category``: the store array the hard search matches the target's sibling feature against.
+
+In a store-backed dataset the records hold label, user, target and position features only; the history
+features keep ``dimensions: [S]``, the *recent* (short) history the pipeline assembles from the store, and
+the long history is assembled before it, up to ``--max_long_history`` (docs/data.md).
+
 Everything is validated before TensorFlow reads a record, and each problem is reported in one
 :class:`FeatureSpecError` that names the key, feature or file at fault. Files are opened through
 ``tf.io.gfile``, so a dataset on any file system TensorFlow supports (local, gs://, hdfs://) loads.
@@ -87,6 +99,24 @@ class ItemFeatureGroup:
 
 
 @dataclasses.dataclass(frozen=True)
+class StoreSection:
+    """The ``behavior_store`` section: where the store is and how samples reference it."""
+
+    file: str  # absolute (or URL) path
+    user: str
+    position: str
+    arrays: tuple[str, ...]
+    category: str
+
+    @property
+    def category_index(self) -> int:
+        return self.arrays.index(self.category)
+
+
+STORE_KEYS = ("file", "user", "position", "arrays", "category")
+
+
+@dataclasses.dataclass(frozen=True)
 class SourceChunk:
     type: str
     features: tuple[str, ...]
@@ -103,12 +133,14 @@ class FeatureSpec:
         channel_spec: dict[str, list[str]],
         metadata: dict[str, Any] | None = None,
         base_directory: str = ".",
+        behavior_store: dict[str, Any] | None = None,
     ):
         self.feature_spec = feature_spec
         self.source_spec = source_spec
         self.channel_spec = channel_spec
         self.metadata = {} if metadata is None else metadata
         self.base_directory = base_directory
+        self.behavior_store = behavior_store
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -148,7 +180,7 @@ class FeatureSpec:
                 raise FeatureSpecError(f"{source}: required section {key!r} is missing")
             if not isinstance(raw[key], dict):
                 raise FeatureSpecError(f"{source}: section {key!r} must be a mapping, got {type(raw[key]).__name__}")
-        unknown = sorted(set(raw) - {"feature_spec", "source_spec", "channel_spec", "metadata"})
+        unknown = sorted(set(raw) - {"feature_spec", "source_spec", "channel_spec", "metadata", "behavior_store"})
         if unknown:
             raise FeatureSpecError(f"{source}: unknown top-level section(s) {unknown}")
         metadata = raw.get("metadata") or {}
@@ -160,17 +192,21 @@ class FeatureSpec:
             channel_spec=copy.deepcopy(raw["channel_spec"]),
             metadata=copy.deepcopy(metadata),
             base_directory=base_directory,
+            behavior_store=copy.deepcopy(raw.get("behavior_store")),
         )
         spec.validate(check_files=check_files, source=source)
         return spec
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "channel_spec": copy.deepcopy(self.channel_spec),
             "feature_spec": copy.deepcopy(self.feature_spec),
             "metadata": copy.deepcopy(self.metadata),
             "source_spec": copy.deepcopy(self.source_spec),
         }
+        if self.behavior_store is not None:
+            out["behavior_store"] = copy.deepcopy(self.behavior_store)
+        return out
 
     def to_yaml(self, path: str) -> None:
         """Writes the spec; file paths stay relative, so ``path`` belongs in the dataset folder."""
@@ -197,6 +233,35 @@ class FeatureSpec:
     # ------------------------------------------------------------------ accessors
     def channel_features(self) -> list[str]:
         return [name for channel in CHANNELS for name in self.channel_spec[channel]]
+
+    @property
+    def store(self) -> StoreSection | None:
+        """The behaviour store section, None for a padded (recipe-format) dataset."""
+        raw = self.behavior_store
+        if raw is None:
+            return None
+        return StoreSection(file=join_path(self.base_directory, raw["file"]), user=raw["user"],
+                            position=raw["position"], arrays=tuple(raw["arrays"]), category=raw["category"])
+
+    def record_features(self) -> list[str]:
+        """The features each record stores: every channel's, except that a store-backed dataset keeps its
+        histories in the store and stores each sample's position in it instead."""
+        if self.behavior_store is None:
+            return self.channel_features()
+        histories = set(self.positive_history_features) | set(self.negative_history_features)
+        return [n for n in self.channel_features() if n not in histories] + [self.behavior_store["position"]]
+
+    def padded_view(self, history_length: int) -> "FeatureSpec":
+        """This dataset as a padded one with histories of ``history_length``: the contract of a model
+        trained on it once its histories are assembled (export and serving take that form)."""
+        raw = self.to_dict()
+        raw.pop("behavior_store", None)
+        for name in self.positive_history_features + self.negative_history_features:
+            raw["feature_spec"][name]["dimensions"] = [int(history_length)]
+        for chunks in raw["source_spec"].values():
+            for chunk in chunks:
+                chunk["features"] = self.channel_features()
+        return FeatureSpec.from_dict(raw, self.base_directory, check_files=False)
 
     @property
     def label_feature(self) -> str:
@@ -242,6 +307,10 @@ class FeatureSpec:
                 zip(self.target_item_features, self.positive_history_features, self.negative_history_features)
             )
         ]
+
+    def per_sample(self, name: str) -> int:
+        """Values a record stores per sample for feature ``name``."""
+        return self.history_length if self.is_history(name) else 1
 
     def is_history(self, name: str) -> bool:
         return name in self.positive_history_features or name in self.negative_history_features

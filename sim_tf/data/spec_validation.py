@@ -16,6 +16,7 @@ from sim_tf.data.feature_spec import (
     LABEL_CHANNEL,
     OUT_OF_RANGE_POLICIES,
     REQUIRED_MAPPINGS,
+    STORE_KEYS,
     SUPPORTED_SOURCE_TYPES,
     TARGET_ITEM_FEATURES_CHANNEL,
     USER_FEATURES_CHANNEL,
@@ -152,10 +153,54 @@ def validate(spec: FeatureSpec, check_files: bool = True, source: str = "feature
             f"{where}: metadata.out_of_range_ids is {policy!r}; use one of {list(OUT_OF_RANGE_POLICIES)}"
         )
 
+    _validate_store(spec, where, check_files)
     _validate_sources(spec, where, check_files)
 
+
+def _validate_store(spec: FeatureSpec, where: str, check_files: bool) -> None:
+    raw = spec.behavior_store
+    if raw is None:
+        return
+    label = f"{where}: behavior_store"
+    if not isinstance(raw, dict):
+        raise FeatureSpecError(f"{label} must be a mapping with keys {list(STORE_KEYS)}")
+    missing = [k for k in STORE_KEYS if k not in raw]
+    unknown = sorted(set(raw) - set(STORE_KEYS))
+    if missing or unknown:
+        raise FeatureSpecError(f"{label}: " + (f"missing key(s) {missing}" if missing else f"unknown key(s) {unknown}")
+                               + f"; the keys are {list(STORE_KEYS)}")
+    for key in ("file", "user", "position", "category"):
+        if not isinstance(raw[key], str) or not raw[key]:
+            raise FeatureSpecError(f"{label}.{key} must be a non-empty string, got {raw[key]!r}")
+    if raw["user"] not in spec.user_features:
+        raise FeatureSpecError(f"{label}.user is {raw['user']!r}, which is not a user feature "
+                               f"(channel user_features lists {spec.user_features})")
+    position = raw["position"]
+    if position not in spec.feature_spec:
+        raise FeatureSpecError(f"{label}.position names feature {position!r}, absent from feature_spec")
+    if position in spec.channel_features():
+        raise FeatureSpecError(f"{label}.position feature {position!r} must not be listed in a channel")
+    if spec.feature_spec[position].get("dimensions") not in (None, [], [1]):
+        raise FeatureSpecError(f"{label}.position feature {position!r} is one number per sample; it cannot have "
+                               f"dimensions {spec.feature_spec[position]['dimensions']!r}")
+    arrays = raw["arrays"]
+    groups = len(spec.target_item_features)
+    if not isinstance(arrays, list) or len(arrays) != groups or not all(isinstance(a, str) and a for a in arrays):
+        raise FeatureSpecError(f"{label}.arrays must list one store array per item feature position ({groups}: "
+                               f"{spec.target_item_features}), got {arrays!r}")
+    if len(set(arrays)) != len(arrays):
+        raise FeatureSpecError(f"{label}.arrays names an array twice: {arrays}")
+    if raw["category"] not in arrays:
+        raise FeatureSpecError(f"{label}.category is {raw['category']!r}; it must be one of arrays {arrays}")
+    full = normalize_path(join_path(spec.base_directory, raw["file"]))
+    base = normalize_path(spec.base_directory)
+    if not full.startswith(base.rstrip("/") + "/"):
+        raise FeatureSpecError(f"{label}.file {raw['file']!r} lies outside the dataset folder {base!r}")
+    if check_files and not gfile_module().exists(full):
+        raise FeatureSpecError(f"{label}.file: the behaviour store {full!r} does not exist")
+
 def _validate_sources(spec: FeatureSpec, where: str, check_files: bool) -> None:
-    required = set(spec.channel_features())
+    required = set(spec.record_features())
     for mapping in REQUIRED_MAPPINGS:
         if mapping not in spec.source_spec:
             raise FeatureSpecError(f"{where}: source_spec has no {mapping!r} mapping")

@@ -225,3 +225,135 @@ def synthesize(
         metadata=metadata,
         log=log,
     )
+
+
+# ---------------------------------------------------------------------------------------------- lifelong
+@dataclasses.dataclass(frozen=True)
+class LifelongConfig:
+    """A store-backed dataset of lifelong histories whose signal lies *older than the most recent
+    ``recent_span``* behaviours of every sample.
+
+    Each user has one history of ``min_history`` .. ``max_history`` behaviours. Its older part (all but
+    the last ``recent_span + samples_per_user``) draws from the user's ``interests`` categories with
+    probability ``interest_probability``, else from one-off categories; the rest is all one-off. Samples
+    are drawn at the user's last ``samples_per_user`` positions, in pairs (label 1 and 0) as in
+    :func:`generate`: *long-term* pairs (an interest against a random category: only behaviours older
+    than ``recent_span`` tell them apart, so a model given the last 100 or 1,000 cannot) and *session*
+    pairs (the newest behaviour's category against another of the last ``short_length``: only their
+    order tells). Test samples belong to held-out users, whose user embedding was never trained, so
+    nothing but the history carries their interests.
+    """
+
+    users: int = 2_200
+    items: int = 200_000
+    categories: int = 500
+    max_history: int = 10_000
+    min_history: int = 1_500
+    recent_span: int = 1_000
+    samples_per_user: int = 100
+    test_fraction: float = 0.1
+    short_length: int = 10
+    interests: int = 3
+    interest_probability: float = 0.6
+    long_term_target_probability: float = 0.5
+    zipf_exponent: float = 1.1
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("users", "items", "categories", "max_history", "min_history", "samples_per_user",
+                     "short_length", "interests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"synthetic data: {name} must be >= 1, got {getattr(self, name)}")
+        if self.samples_per_user % 2:
+            raise ValueError(f"synthetic data: samples_per_user must be even (pairs), got {self.samples_per_user}")
+        if self.min_history > self.max_history:
+            raise ValueError(f"synthetic data: min_history {self.min_history} exceeds max_history {self.max_history}")
+        if self.min_history <= self.recent_span + self.samples_per_user:
+            raise ValueError(f"synthetic data: min_history {self.min_history} must exceed recent_span + samples_per_user "
+                             f"({self.recent_span + self.samples_per_user}), or some users have no old behaviours")
+        if self.categories > self.items:
+            raise ValueError(f"synthetic data: {self.categories} categories need at least as many items")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError("synthetic data: test_fraction must be between 0 and 1")
+
+    @property
+    def train_users(self) -> int:
+        return max(1, min(self.users - 1, round(self.users * (1 - self.test_fraction))))
+
+    @property
+    def history_length(self) -> int:  # the recent history each sample carries (assembled from the store)
+        return self.short_length
+
+
+def generate_lifelong(config: LifelongConfig):
+    """(store, {"train": columns, "test": columns}); the columns reference the store by user and position."""
+    from sim_tf.data.behavior_store import BehaviorStore
+
+    rng = np.random.default_rng(config.seed)
+    catalogue = _Catalogue(config, rng)
+    U, n_pairs = config.users, config.samples_per_user // 2
+    lengths = rng.integers(config.min_history, config.max_history + 1, size=U)
+    offsets = np.concatenate([[0, 0], np.cumsum(lengths)]).astype(np.int64)  # user 0 (padding) has none
+    total = int(offsets[-1])
+    owner = np.repeat(np.arange(1, U + 1), lengths)
+    position = np.arange(total) - offsets[owner]
+    interests = rng.integers(1, config.categories + 1, size=(U + 1, config.interests))
+    old = position < (lengths[owner - 1] - config.recent_span - config.samples_per_user)
+    use_interest = old & (rng.random(total) < config.interest_probability)
+    categories = np.where(use_interest, interests[owner, rng.integers(0, config.interests, total)],
+                          rng.integers(1, config.categories + 1, total))
+    items = catalogue.items_in(categories, rng)
+    categories = catalogue.category_of_item[items]
+    times = 1_000_000 + np.cumsum(rng.integers(1, 3600, total))  # increasing within every user
+    store = BehaviorStore(offsets, {"item_feat_0": items.astype(np.int32), "item_feat_1": categories.astype(np.int32)},
+                          times.astype(np.int64))
+
+    def split(users: np.ndarray) -> dict:
+        pair_users = np.repeat(users, n_pairs)
+        # Pairs at the user's last positions: a pair at position p sees behaviours [0, p).
+        ends = lengths[pair_users - 1] - rng.integers(0, n_pairs, pair_users.size) * 2 - 1
+        base = offsets[pair_users]
+        newest = categories[base + ends - 1]
+        earlier_pos = ends - 1 - rng.integers(1, config.short_length, pair_users.size)
+        earlier = categories[base + earlier_pos]
+        random_categories = rng.integers(1, config.categories + 1, pair_users.size)
+        interest = interests[pair_users, rng.integers(0, config.interests, pair_users.size)]
+        long_term = rng.random(pair_users.size) < config.long_term_target_probability
+        positive = catalogue.items_in(np.where(long_term, interest, newest), rng)
+        negative = catalogue.items_in(np.where(long_term, random_categories, earlier), rng)
+        targets = np.concatenate([positive, negative])
+        columns = {
+            tw.LABEL: np.concatenate([np.ones(pair_users.size, np.int64), np.zeros(pair_users.size, np.int64)]),
+            tw.user_feature(0): np.concatenate([pair_users, pair_users]),
+            tw.item_feature(0, tw.TARGET): targets,
+            tw.item_feature(1, tw.TARGET): catalogue.category_of_item[targets],
+            tw.POSITION: np.concatenate([ends, ends]),
+        }
+        order = rng.permutation(targets.size)
+        return {k: np.ascontiguousarray(v[order]).astype(np.int64) for k, v in columns.items()}
+
+    train_users = np.arange(1, config.train_users + 1)
+    test_users = np.arange(config.train_users + 1, U + 1)
+    return store, {"train": split(train_users), "test": split(test_users)}
+
+
+def synthesize_lifelong(config: LifelongConfig, output_dir: str, num_files: int = 8, prebatch_size: int = 32,
+                        log: Callable[[str], None] | None = print):
+    """Generates a lifelong dataset and writes it (behaviour store + TFRecord samples + feature_spec.yaml)."""
+    started = time.perf_counter()
+    store, splits = generate_lifelong(config)
+    if log:
+        log(f"generated {int(store.offsets[-1]):,} behaviours of {config.users:,} users and "
+            f"{sum(len(c[tw.LABEL]) for c in splits.values()):,} samples in {time.perf_counter() - started:.1f}s")
+    metadata = {
+        "samples": {name: int(len(cols[tw.LABEL])) for name, cols in splits.items()},
+        "generator": {"kind": "sim_tf.synthetic.lifelong", **dataclasses.asdict(config)},
+    }
+    return tw.write_dataset(
+        output_dir, splits, user_cardinalities=[config.users], item_cardinalities=[config.items, config.categories],
+        history_length=config.short_length, num_files={"train": num_files, "test": max(1, num_files // 4)},
+        prebatch_size=prebatch_size, metadata=metadata, log=log, store=store,
+    )
+
+
+LIFELONG_PRESETS: dict[str, LifelongConfig] = {"lifelong": LifelongConfig()}

@@ -18,6 +18,8 @@ import numpy as np
 from sim_tf.data import feature_spec as fs
 
 LABEL = "label"
+POSITION = "history_end"  # store-backed datasets: the sample's position in its user's history
+STORE_FILE = "behaviors.npz"
 
 
 def user_feature(index: int) -> str:
@@ -240,16 +242,27 @@ def write_dataset(
     metadata: dict | None = None,
     log=None,
     chunk_rows: int = 65536,
+    store=None,
 ) -> fs.FeatureSpec:
     """Writes ``splits`` (mapping -> feature name -> array) as TFRecord shards plus feature_spec.yaml.
 
     Feature names are :func:`feature_names`'. Rows are split into ``num_files`` contiguous shards
     (file order is row order) by :class:`ShardWriter`.
+
+    With a ``store`` (sim_tf.data.behavior_store.BehaviorStore whose arrays are named :func:`item_base`),
+    the dataset is store-backed: the store is written once to :data:`STORE_FILE`, the splits hold no
+    history columns but :data:`POSITION`, every sample's reference is checked against the store, and
+    ``history_length`` is the recent history assembled from it.
     Returns the validated FeatureSpec.
     """
     import tensorflow as tf
 
     tf.io.gfile.makedirs(output_dir)
+    if store is not None:
+        store.validate()
+        for mapping, columns in splits.items():
+            store.check_references(columns[user_feature(0)], columns[POSITION], where=f"split {mapping!r}")
+        store.save(os.path.join(output_dir, STORE_FILE))
     files: dict[str, list[str]] = {}
     for mapping, columns in splits.items():
         count = num_files if isinstance(num_files, int) else num_files.get(mapping, 1)
@@ -277,6 +290,7 @@ def write_dataset(
         metadata=meta,
         base_directory=output_dir,
         check_files=True,
+        store=store is not None,
     )
     spec.to_yaml(os.path.join(output_dir, fs.DEFAULT_FEATURE_SPEC_NAME))
     return spec
@@ -293,8 +307,12 @@ def make_feature_spec(
     metadata: dict[str, Any] | None = None,
     base_directory: str = ".",
     check_files: bool = True,
+    store: bool = False,
+    category: int = 1,
 ) -> fs.FeatureSpec:
-    """Builds a spec in the recipe converter's naming (``user_feat_0``, ``item_feat_0_trgt`` ...)."""
+    """Builds a spec in the recipe converter's naming (``user_feat_0``, ``item_feat_0_trgt`` ...); with
+    ``store``, a store-backed one (:data:`STORE_FILE`, samples referencing the first user feature, hard
+    search on item feature ``category``)."""
     user_cardinalities = list(user_cardinalities)
     item_cardinalities = list(item_cardinalities)
     user_names = list(user_names) if user_names is not None else [user_feature(i) for i in range(len(user_cardinalities))]
@@ -322,12 +340,20 @@ def make_feature_spec(
             feature_spec[feature] = props
             channel_spec[channel].append(feature)
     order = [n for c in fs.CHANNELS for n in channel_spec[c]]
+    sections = {}
+    if store:
+        feature_spec[POSITION] = {"dtype": "int64"}
+        order = [n for n in order if n not in channel_spec[fs.POSITIVE_HISTORY_CHANNEL]
+                 and n not in channel_spec[fs.NEGATIVE_HISTORY_CHANNEL]] + [POSITION]
+        sections["behavior_store"] = {"file": STORE_FILE, "user": user_names[0], "position": POSITION,
+                                      "arrays": list(item_names), "category": item_names[min(category, len(item_names) - 1)]}
     source_spec = {
         "train": [{"type": "tfrecord", "features": list(order), "files": list(train_files)}],
         "test": [{"type": "tfrecord", "features": list(order), "files": list(test_files)}],
     }
     return fs.FeatureSpec.from_dict(
-        {"feature_spec": feature_spec, "source_spec": source_spec, "channel_spec": channel_spec, "metadata": metadata or {}},
+        {"feature_spec": feature_spec, "source_spec": source_spec, "channel_spec": channel_spec, "metadata": metadata or {},
+         **sections},
         base_directory=base_directory,
         check_files=check_files,
     )

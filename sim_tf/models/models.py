@@ -28,7 +28,7 @@ from sim_tf.data import inputs as keys
 from sim_tf.data import feature_spec as fs
 from sim_tf.layers.core import ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, masked_mean
 from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
-from sim_tf.models import MODEL_TYPES
+from sim_tf.models import GSU_KINDS, MODEL_TYPES
 
 
 
@@ -41,6 +41,9 @@ class ModelConfig:
     dropout_rate: float = -1.0
     top_k: int = 50
     attention: str = "dot"
+    # SIM's search unit: "soft" (attention over the long history, then top-k) or "hard" (the input
+    # pipeline already kept the target's category's behaviours; SIM attends over them directly).
+    gsu: str = "soft"
 
     def __post_init__(self):
         for name in ("stage_one_mlp_dims", "stage_two_mlp_dims", "aux_mlp_dims"):
@@ -56,6 +59,8 @@ class ModelConfig:
             raise ValueError(f"dropout_rate must be a finite number < 1 (-1 disables dropout), got {self.dropout_rate}")
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.gsu not in GSU_KINDS:
+            raise ValueError(f"gsu must be one of {GSU_KINDS}, got {self.gsu!r}")
 
     @property
     def gru_units(self) -> int:
@@ -223,29 +228,39 @@ class DIEN(_DienBlock, CtrModel):
 
 @keras.saving.register_keras_serializable(package="sim_tf")
 class SIM(_DienBlock, CtrModel):
-    """SIM with soft search.
+    """SIM.
 
-    * GSU (stage one): attention of the target over the long history -> MLP([q, pooled_long, user]).
-    * Top-k: the ``top_k`` long-history positions with the highest GSU scores (only real behaviours
-      count as valid; an empty long history gives an empty selection).
-    * ESU (stage two): attention over the top-k, the masked mean of the top-k and DIEN over the short
-      history -> MLP([att, mean, q, final, user]).
+    * GSU, ``gsu="soft"`` (stage one): attention of the target over the long history ->
+      MLP([q, pooled_long, user]); then the ``top_k`` long-history positions with the highest GSU scores
+      (only real behaviours count as valid; an empty long history gives an empty selection).
+    * GSU, ``gsu="hard"``: the input pipeline's category search already chose the long history (at most
+      ``top_k`` behaviours of the target's category); it is taken whole, with no stage-one head or loss.
+    * ESU (stage two): attention over the selection, its masked mean and DIEN over the short history ->
+      MLP([att, mean, q, final, user]).
     """
+
+    # Training with long histories up to this many positions selects the top k by a sort whose backward
+    # is a gather (select_top_k); beyond it the sorts cost more than embedding the k chosen behaviours again
+    # (at T = 1,000 and B = 1,024: 100 ms against 20; docs/performance.md).
+    sort_select_max_steps = 128
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.gsu_attention = AttentionPooling(self.config.attention, name="gsu_attention")
+        self.soft = self.config.gsu == "soft"
+        if self.soft:  # a hard search has no parameters and no stage-one loss
+            self.gsu_attention = AttentionPooling(self.config.attention, name="gsu_attention")
+            self.stage_one_head = MLP(self.config.stage_one_mlp_dims, self.config.dropout_rate, name="stage_one_head")
         self.esu_attention = AttentionPooling(self.config.attention, name="esu_attention")
-        self.stage_one_head = MLP(self.config.stage_one_mlp_dims, self.config.dropout_rate, name="stage_one_head")
         self._make_dien_layers()
         self.head = MLP(self.config.stage_two_mlp_dims, self.config.dropout_rate, name="stage_two_head")
         self.build_layers()
 
     def build_layers(self):
         super().build_layers()
-        self.gsu_attention.build((None, None, self.item_width))
+        if self.soft:
+            self.gsu_attention.build((None, None, self.item_width))
+            self.stage_one_head.build((None, 2 * self.item_width + self.user_width))
         self.esu_attention.build((None, None, self.item_width))
-        self.stage_one_head.build((None, 2 * self.item_width + self.user_width))
         self._build_dien_layers()
         self.head.build((None, 3 * self.item_width + self.config.gru_units + self.user_width))
         self.built = True
@@ -257,16 +272,28 @@ class SIM(_DienBlock, CtrModel):
         long_history = self.embed_items(features[keys.LONG_HISTORY], sources)
         long_mask = tf.cast(features[keys.LONG_MASK], long_history.dtype)
         stage_one = {}
-        if training:
+        if not self.soft:
+            top_items, top_mask = long_history, long_mask
+        elif training:
             pooled_long, scores = self.gsu_attention(query, long_history, long_mask)
             head_input = tf.concat([query, pooled_long, user], axis=-1)
             stage_one["stage_one_logit"] = self.stage_one_head(head_input, training=training)
         else:
             # The stage-one logit only feeds the training loss; prediction needs the search scores alone.
             scores = self.gsu_attention.ranked(query, long_history, long_mask)
-
-        k = min(self.config.top_k, long_history.shape[1])
-        top_items, top_mask = select_top_k(scores, long_history, long_mask, k, differentiable=training)
+        if self.soft:
+            steps = long_history.shape[1]
+            k = min(self.config.top_k, steps)
+            if training and steps <= self.sort_select_max_steps:
+                top_items, top_mask = select_top_k(scores, long_history, long_mask, k, differentiable=True)
+            else:
+                # Embed the k chosen behaviours again instead of gathering them from the long history's
+                # embeddings: the same values, but their gradient goes to the tables' rows directly, so the
+                # backward pass never builds a [B, T, D] gradient for the selection.
+                _, top = tf.math.top_k(scores, k=k, sorted=False)
+                top_ids = [tf.gather(ids, top, batch_dims=1) for ids in features[keys.LONG_HISTORY]]
+                top_items = self.embed_items(top_ids, sources)
+                top_mask = tf.gather(long_mask, top, batch_dims=1)
         attended, _ = self.esu_attention(query, top_items, top_mask)
         mean = masked_mean(top_items, top_mask)
 

@@ -7,6 +7,13 @@ Inputs (names from the dataset's FeatureSpec, e.g. ``user_feat_0``, ``item_feat_
 * every target item feature: [batch];
 * every positive-history feature: [batch, L], left-padded with 0 (most recent behaviour last).
 
+A model trained on a behaviour-store dataset takes its histories *assembled*, as the input pipeline
+assembled them: [batch, Ll + S], the long part (Ll = ``long_seq_length`` in sim_tf_export.json) before
+the recent S. With ``gsu: soft`` the long part is the Ll behaviours before the recent S; with
+``gsu: hard`` it is the (at most) Ll most recent behaviours of the target's category among the
+``max_long_history`` before the recent S, oldest first, left-padded. The store itself never enters the
+SavedModel: an online system keeps it in its own feature service (docs/data.md, "Serving").
+
 Output: ``probability`` [batch] float32, the click probability (SIM: its second stage). Ids outside
 ``0..cardinality`` are handled as the FeatureSpec says: an error naming the feature (default), or the
 out-of-vocabulary row. The SavedModel needs only TensorFlow to load.
@@ -49,8 +56,11 @@ class ServingModule(tf.Module):
 
 def export(model, spec: fs.FeatureSpec, long_seq_length: int, output: str, out_of_range: str | None = None,
            extra: dict | None = None) -> str:
-    """Writes the SavedModel (plus sim_tf_export.json describing its inputs) to ``output``."""
+    """Writes the SavedModel (plus sim_tf_export.json describing its inputs) to ``output``. For a
+    store-backed ``spec``, ``long_seq_length`` is the long history's positions (see the module doc)."""
     policy = out_of_range or spec.out_of_range_ids
+    if spec.store is not None:
+        spec = spec.padded_view(long_seq_length + spec.history_length)
     module = ServingModule(model, spec, long_seq_length, policy)
     tf.saved_model.save(module, output, signatures={"serving_default": module.serve.get_concrete_function()})
     description = {

@@ -52,6 +52,41 @@ def tfrecord_batches(folder: str, mapping: str, batch_size: int, names: list[str
         yield {k: np.concatenate(v) for k, v in pending.items()}, spec.label_feature
 
 
+def store_batches(folder: str, mapping: str, batch_size: int, names: list[str], description: dict):
+    """Raw int64 feature arrays from a behaviour-store dataset, histories assembled as the model was
+    trained (its search unit and long-history span from ``description``, the export's json)."""
+    import tensorflow as tf
+
+    from sim_tf.data import dataset as data
+    from sim_tf.data import feature_spec as fs
+    from sim_tf.data import inputs
+
+    spec = fs.FeatureSpec.from_yaml(os.path.join(folder, fs.DEFAULT_FEATURE_SPEC_NAME))
+    if "gsu" not in description:
+        raise UserError(f"--input {folder!r} is a behaviour-store dataset, but the model was trained on padded "
+                        f"histories; predict on a padded dataset, or export a model trained on this one")
+    long = int(description["long_seq_length"])
+    options = data.InputOptions(shuffle=False, gsu=description["gsu"], top_k=long, negative_history=False,
+                                max_long_history=int(description["max_long_history"]))
+    for features, labels in data.make_dataset(spec, mapping, batch_size, options=options):
+        arrays = {n: tf.cast(x, tf.int64).numpy() for n, x in zip(spec.user_features, features[inputs.USER])}
+        arrays.update({n: tf.cast(x, tf.int64).numpy() for n, x in zip(spec.target_item_features, features[inputs.TARGET])})
+        for name, older, recent in zip(spec.positive_history_features, features[inputs.LONG_HISTORY],
+                                       features[inputs.SHORT_HISTORY]):
+            arrays[name] = tf.cast(tf.concat([older, recent], axis=1), tf.int64).numpy()
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise UserError(f"the model's inputs {missing} are not features of {folder!r}")
+        arrays[spec.label_feature] = labels.numpy().astype(np.int64)
+        yield arrays, spec.label_feature
+
+
+def is_store_dataset(folder: str) -> bool:
+    from sim_tf.data import feature_spec as fs
+
+    return fs.FeatureSpec.from_yaml(os.path.join(folder, fs.DEFAULT_FEATURE_SPEC_NAME)).store is not None
+
+
 def parquet_batches(folder: str, mapping: str, batch_size: int, names: list[str], history_length: int,
                     number_of_user_features: int, columns: str):
     """Raw int64 feature arrays from a BYO parquet folder, named as `sim-tf convert` names them."""
@@ -144,7 +179,9 @@ def predict(model: str, input_path: str, output: str, mapping: str = "test", bat
         raise UserError(f"--model {model!r} is not a readable SavedModel ({type(e).__name__}: "
                         f"{brief(e, 200)}); export it again with `sim-tf export`") from None
     names = sorted(serve.structured_input_signature[1])
-    if os.path.exists(os.path.join(input_path, "feature_spec.yaml")):
+    if os.path.exists(os.path.join(input_path, "feature_spec.yaml")) and is_store_dataset(input_path):
+        batches = store_batches(input_path, mapping, batch_size, names, description)
+    elif os.path.exists(os.path.join(input_path, "feature_spec.yaml")):
         batches = tfrecord_batches(input_path, mapping, batch_size, names)
     elif os.path.exists(os.path.join(input_path, "metadata.json")):
         batches = parquet_batches(input_path, mapping, batch_size, names, history_length,

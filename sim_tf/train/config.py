@@ -44,6 +44,7 @@ class TrainConfig:
     prefetch_train_size: int = -1
     prefetch_test_size: int = -1
     long_seq_length: int = 90
+    max_long_history: int = 1000
     shuffle_buffer: int = 0
     prebatch_train_size: int = 0
     prebatch_test_size: int = 0
@@ -92,6 +93,7 @@ class TrainConfig:
         need(self.amp_dtype in AMP_DTYPES, f"--amp_dtype must be one of {list(AMP_DTYPES)}, got {self.amp_dtype!r}")
         need(self.repeat_count >= 0, f"--repeat_count must be >= 0, got {self.repeat_count}")
         need(self.long_seq_length >= 1, f"--long_seq_length must be >= 1, got {self.long_seq_length}")
+        need(self.max_long_history >= 1, f"--max_long_history must be >= 1, got {self.max_long_history}")
         need(0 <= self.shuffle_buffer <= MAX_SHUFFLE_BUFFER,
              f"--shuffle_buffer must be between 0 and {MAX_SHUFFLE_BUFFER:,} records, got {self.shuffle_buffer}")
         need(self.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
@@ -125,7 +127,12 @@ class TrainConfig:
         if self.microbatches > per_replica:
             raise UserError(f"--microbatches {self.microbatches} is more than the {per_replica} samples each replica "
                             f"gets per step (--global_batch_size {self.global_batch_size} over {replicas} replica(s))")
-        if not 0 < self.long_seq_length < spec.history_length:
+        if spec.store is not None:
+            self._validate_for_store(spec)
+        elif self.model.gsu == "hard":
+            raise UserError("--gsu hard needs a behaviour-store dataset (a FeatureSpec with a behavior_store section, "
+                            "e.g. `sim-tf synthesize --preset lifelong`); padded datasets use the soft search")
+        elif not 0 < self.long_seq_length < spec.history_length:
             raise UserError(
                 f"--long_seq_length {self.long_seq_length} must be between 1 and {spec.history_length - 1}: "
                 f"the dataset's histories have {spec.history_length} positions (L) and the short history "
@@ -134,10 +141,24 @@ class TrainConfig:
         if self.global_batch_size % replicas:
             raise UserError(f"--global_batch_size {self.global_batch_size} is not divisible by the {replicas} replicas")
 
+    def _validate_for_store(self, spec) -> None:
+        if self.model_type == "sim" and self.model.top_k > self.max_long_history:
+            raise UserError(f"--top_k {self.model.top_k} is larger than --max_long_history {self.max_long_history}: "
+                            f"the search keeps at most the behaviours its window holds")
+        if spec.history_length < 2 and self.model_type in ("sim", "dien"):
+            raise UserError(f"the dataset's recent history has {spec.history_length} position(s); DIEN's part needs "
+                            f"at least 2 (the history features' dimensions in the FeatureSpec)")
+
+    @property
+    def long_history_positions(self) -> int:
+        """Long-history positions a store-backed pipeline hands the model."""
+        return self.model.top_k if self.model.gsu == "hard" else self.max_long_history
+
     def resume_signature(self, train_samples: int) -> dict[str, Any]:
         """What a resumed run must keep equal for its steps to continue the same training."""
         return {"model_type": self.model_type, "model": dataclasses.asdict(self.model), "optimizer": self.optimizer,
                 "global_batch_size": self.global_batch_size, "long_seq_length": self.long_seq_length,
+                "max_long_history": self.max_long_history,
                 "drop_remainder": self.drop_remainder, "repeat_count": self.repeat_count, "seed": self.seed,
                 "train_samples": train_samples, "amp": self.amp, "amp_dtype": self.amp_dtype}
 

@@ -15,6 +15,7 @@ from absl import flags
 from sim_tf.distribute import STRATEGIES
 from sim_tf.errors import UserError
 from sim_tf.layers.core import ATTENTION_KINDS
+from sim_tf.models import GSU_KINDS
 from sim_tf.models.models import MODEL_TYPES, ModelConfig
 from sim_tf.train.config import AMP_DTYPES, MODES, TrainConfig
 from sim_tf.train.optimizers import OPTIMIZERS
@@ -71,6 +72,11 @@ flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into this many logical de
 flags.DEFINE_float("collective_timeout_s", 0.0, "Fail a collective (all-reduce) that takes longer than this, so a hung worker ends the job (0: no timeout).")
 flags.DEFINE_enum("amp_dtype", "auto", list(AMP_DTYPES), "Reduced precision used by --amp (auto: float16 on GPU, bfloat16 on CPU).")
 flags.DEFINE_integer("top_k", 50, "Long-history behaviours SIM's search keeps for the exact search unit.")
+flags.DEFINE_enum("gsu", "soft", list(GSU_KINDS), "SIM's search unit on a behaviour-store dataset: soft (attention over the "
+                  "whole long history, then --top_k) or hard (the --top_k most recent behaviours of the target's "
+                  "category, chosen in the input pipeline, so the model never embeds the rest).")
+flags.DEFINE_integer("max_long_history", 1000, "Behaviour-store datasets: the long history spans at most this many "
+                     "behaviours before the recent ones (soft: all are embedded; hard: searched).", lower_bound=1)
 flags.DEFINE_enum("attention", "dot", list(ATTENTION_KINDS), "Target attention: dot (the recipe's) or din (the DIN paper's activation unit).")
 flags.DEFINE_integer("steps_per_loop", 1, "Training steps run inside one tf.function call between host-side logging.")
 flags.DEFINE_integer("eval_every_steps", 0, "Also evaluate every this many steps (0: only at epoch ends).")
@@ -119,6 +125,7 @@ def config_from_flags(mode: str | None = None) -> TrainConfig:
             dropout_rate=FLAGS.dropout_rate,
             top_k=FLAGS.top_k,
             attention=FLAGS.attention,
+            gsu=FLAGS.gsu,
         )
     except ValueError as e:
         if isinstance(e, UserError):
@@ -144,6 +151,7 @@ def config_from_flags(mode: str | None = None) -> TrainConfig:
         prefetch_train_size=FLAGS.prefetch_train_size,
         prefetch_test_size=FLAGS.prefetch_test_size,
         long_seq_length=FLAGS.long_seq_length,
+        max_long_history=FLAGS.max_long_history,
         shuffle_buffer=FLAGS.shuffle_buffer,
         prebatch_train_size=FLAGS.prebatch_train_size,
         prebatch_test_size=FLAGS.prebatch_test_size,

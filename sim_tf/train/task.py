@@ -123,6 +123,9 @@ class CtrTask:
             deterministic=True,
             prebatch_size=prebatch or None,
             negative_history=training,
+            gsu=c.model.gsu,
+            max_long_history=c.max_long_history,
+            top_k=c.model.top_k,
         )
 
     def build_inputs(self, mapping: str, input_context: tf.distribute.InputContext | None = None,

@@ -65,15 +65,15 @@ def test_hard_search_keeps_the_most_recent_same_category_behaviours(k, max_histo
     users = rng.integers(1, store.num_users + 1, 60)
     ends = np.array([rng.integers(0, store.history_length(u) + 1) for u in users])
     targets = rng.integers(1, 5, users.size)
-    rows, mask = bs.hard_search(tf.constant(store.offsets), tf.constant(store.features["cat"]), tf.constant(users),
-                                tf.constant(ends), tf.constant(targets), k, max_history)
+    tensors = bs.StoreTensors.from_store(store, ("item", "cat"), "cat")
+    rows, mask = bs.hard_search(tensors, tf.constant(users), tf.constant(ends), tf.constant(targets), k, max_history)
     for i, (u, e, c) in enumerate(zip(users, ends, targets)):
         lo = store.offsets[u]
         window = range(lo + max(0, e - max_history), lo + e)
         want = [r for r in window if store.features["cat"][r] == c][-k:]
         got = [int(r) for r, m in zip(rows[i].numpy(), mask[i].numpy()) if m]
         assert got == want, (i, got, want)
-        assert mask[i].numpy().tolist() == [0.0] * (k - len(want)) + [1.0] * len(want)
+        assert mask[i].numpy().tolist() == [False] * (k - len(want)) + [True] * len(want)
 
 
 def test_bad_stores_and_references_are_named():
@@ -93,3 +93,28 @@ def test_bad_stores_and_references_are_named():
     user = int(np.argmax(np.diff(store.offsets)[1:])) + 1
     with pytest.raises(DataError, match="drawn at position"):
         store.check_references(np.array([user]), np.array([store.history_length(user) + 1]))
+
+
+def test_store_inputs_split_recent_and_long_without_overlap_and_assert_on_bad_references():
+    """The recent S and the long window before them are disjoint and end right before the sample."""
+    from types import SimpleNamespace
+
+    from sim_tf.data import inputs
+
+    store = random_store(seed=7, max_behaviours=40)
+    tensors = bs.StoreTensors.from_store(store, ("item", "cat"), "cat")
+    spec = SimpleNamespace(
+        store=SimpleNamespace(user="u", position="end", category_index=1), history_length=4,
+        user_features=["u"], target_item_features=["ti", "tc"], cardinality=lambda name: 10_000)
+    users = np.array([u for u in range(1, store.num_users + 1) if store.history_length(u) > 0])
+    ends = np.array([store.history_length(u) for u in users])
+    parsed = {"u": tf.constant(users), "end": tf.constant(ends), "ti": tf.ones_like(users), "tc": tf.ones_like(users)}
+    out = bs.store_inputs(parsed, tensors, spec, "soft", 6, 3, "error")
+    for i, (u, e) in enumerate(zip(users, ends)):
+        full = brute_history(store, u, e, 10)
+        got = list(out[inputs.LONG_HISTORY][0][i].numpy()) + list(out[inputs.SHORT_HISTORY][0][i].numpy())
+        assert got == full
+    assert len(out[inputs.SHORT_NEG_HISTORY]) == 2
+    parsed["end"] = tf.constant(ends + 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="a sample references user"):
+        bs.store_inputs(parsed, tensors, spec, "soft", 6, 3, "error")
