@@ -263,5 +263,51 @@ class AttentionPooling(keras.layers.Layer):
         ranked = tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
         return pooled, ranked
 
+    def call_parts(self, query, parts, mask):
+        """:meth:`call` (kind ``dot`` only) for keys given as feature parts, without concatenating them.
+
+        ``parts`` lists, per item feature, either keys [B, T, D_i] or, for a small vocabulary, a
+        :class:`SmallVocabularyKeys`; the keys are their concatenation. The score is the sum of the parts'
+        dot products with the matching slices of ``query``, and the pooled vector the concatenation of the
+        parts' pools: the same numbers as :meth:`call` on the concatenated keys, up to float rounding.
+        """
+        if self.unit is not None:
+            raise ValueError("call_parts supports kind='dot' only")
+        widths = [p.width if isinstance(p, SmallVocabularyKeys) else p.shape[-1] for p in parts]
+        queries = tf.split(query, widths, axis=-1)
+        scores = tf.add_n([p.scores(q) if isinstance(p, SmallVocabularyKeys) else tf.einsum("btd,bd->bt", p, q)
+                           for p, q in zip(parts, queries)])
+        mask = tf.cast(mask, scores.dtype)
+        weights = masked_softmax(scores, mask)
+        pooled = tf.concat([p.pool(weights) if isinstance(p, SmallVocabularyKeys)
+                            else tf.squeeze(tf.matmul(weights[:, None, :], p), axis=1) for p in parts], axis=-1)
+        return pooled, tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
+
     def get_config(self):
         return {**super().get_config(), "kind": self.kind}
+
+
+class SmallVocabularyKeys:
+    """Keys ``table[ids]`` [B, T, D] of a small table, for dot-product attention without gathering them.
+
+    With V table rows and V << T, the score <table[id_bt], q_b> is entry (b, id_bt) of q table^T [B, V],
+    and the pool sum_t w_bt table[id_bt] is (the weights summed per id, [B, V]) x table: both cost O(B T)
+    scalars plus O(B V D), where gathering the keys costs O(B T D) forward and backward. Category ids
+    (hundreds of values against thousands of behaviours) are the case it is for.
+    """
+
+    def __init__(self, table: tf.Tensor, ids: tf.Tensor):
+        self.table = table  # [V, D], in the compute dtype
+        self.ids = ids  # [B, T] int
+        self.width = table.shape[-1]
+
+    def scores(self, query: tf.Tensor) -> tf.Tensor:
+        per_id = tf.matmul(query, self.table, transpose_b=True)  # [B, V]
+        return tf.gather(per_id, self.ids, batch_dims=1)
+
+    def pool(self, weights: tf.Tensor) -> tf.Tensor:
+        rows = tf.shape(self.table, out_type=tf.int64)[0]
+        batch = tf.shape(self.ids, out_type=tf.int64)[0]
+        flat = tf.reshape(tf.cast(self.ids, tf.int64) + tf.range(batch)[:, None] * rows, [-1])
+        per_id = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), flat, batch * rows)
+        return tf.matmul(tf.reshape(per_id, [batch, rows]), self.table)

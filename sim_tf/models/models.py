@@ -26,7 +26,8 @@ import tensorflow as tf
 
 from sim_tf.data import inputs as keys
 from sim_tf.data import feature_spec as fs
-from sim_tf.layers.core import ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, masked_mean
+from sim_tf.layers.core import (ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, SmallVocabularyKeys,
+                                masked_mean)
 from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
 from sim_tf.models import GSU_KINDS, MODEL_TYPES
 
@@ -239,10 +240,12 @@ class SIM(_DienBlock, CtrModel):
       MLP([att, mean, q, final, user]).
     """
 
-    # Training with long histories up to this many positions selects the top k by a sort whose backward
-    # is a gather (select_top_k); beyond it the sorts cost more than embedding the k chosen behaviours again
-    # (at T = 1,000 and B = 1,024: 100 ms against 20; docs/performance.md).
+    # Long histories up to this many positions take the soft search of the padded recipe format
+    # (_soft_search); longer ones the one built for thousands of behaviours (_long_soft_search). At
+    # T = 1,000 and B = 1,024 the sort-based selection alone costs 100 ms forward + backward, against 20 for
+    # embedding the chosen behaviours again (docs/performance.md).
     sort_select_max_steps = 128
+    small_vocabulary_rows = 4096
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -265,35 +268,68 @@ class SIM(_DienBlock, CtrModel):
         self.head.build((None, 3 * self.item_width + self.config.gru_units + self.user_width))
         self.built = True
 
+    def _stage_one(self, query, pooled_long, user, training) -> dict:
+        return {"stage_one_logit": self.stage_one_head(tf.concat([query, pooled_long, user], axis=-1), training=training)}
+
+    def _soft_search(self, query, user, features, sources, training):
+        """The soft search over a short long history: gathered from the embedded history by a sort (whose
+        backward is a gather, see select_top_k)."""
+        long_history = self.embed_items(features[keys.LONG_HISTORY], sources)
+        long_mask = tf.cast(features[keys.LONG_MASK], long_history.dtype)
+        stage_one = {}
+        if training:
+            pooled_long, scores = self.gsu_attention(query, long_history, long_mask)
+            stage_one = self._stage_one(query, pooled_long, user, training)
+        else:
+            # The stage-one logit only feeds the training loss; prediction needs the search scores alone.
+            scores = self.gsu_attention.ranked(query, long_history, long_mask)
+        k = min(self.config.top_k, long_history.shape[1])
+        top_items, top_mask = select_top_k(scores, long_history, long_mask, k, differentiable=training)
+        return top_items, top_mask, stage_one
+
+    def _long_soft_search(self, query, user, features, sources, training):
+        """The soft search over a long history (thousands of behaviours), where the cost per behaviour rules.
+
+        * Dot-product attention reads the history feature by feature, never concatenating it, and a
+          small table (at most ``small_vocabulary_rows`` rows, fewer than the positions: categories) is
+          scored and pooled per id (SmallVocabularyKeys) instead of gathered per position.
+        * The k chosen behaviours are embedded again instead of gathered from the long history's
+          embeddings: the same values, but their gradient goes to the tables' rows directly, so the backward
+          pass never builds a [B, T, D] gradient for the selection, nor sorts twice.
+        """
+        long_ids = features[keys.LONG_HISTORY]
+        steps = tf.shape(long_ids[0])[1]
+        mask = features[keys.LONG_MASK]
+        if self.config.attention == "dot":
+            parts = []
+            for table, ids, source in zip(self.item_tables, long_ids, sources):
+                if table.rows <= self.small_vocabulary_rows and (long_ids[0].shape[1] or 0) > table.rows:
+                    parts.append(SmallVocabularyKeys(tf.cast(source, table.compute_dtype), ids))
+                else:
+                    parts.append(table.lookup(ids, source))
+            pooled_long, scores = self.gsu_attention.call_parts(query, parts, mask)
+        else:
+            pooled_long, scores = self.gsu_attention(query, self.embed_items(long_ids, sources), mask)
+        stage_one = self._stage_one(query, pooled_long, user, training) if training else {}
+        _, top = tf.math.top_k(scores, k=tf.minimum(self.config.top_k, steps), sorted=False)
+        top_items = self.embed_items([tf.gather(ids, top, batch_dims=1) for ids in long_ids], sources)
+        top_mask = tf.cast(tf.gather(mask, top, batch_dims=1), top_items.dtype)
+        return top_items, top_mask, stage_one
+
     def call(self, features, training=False):
         sources = self.item_sources()
         query = self.embed_items(features[keys.TARGET], sources)
         user = self.embed_user(features)
-        long_history = self.embed_items(features[keys.LONG_HISTORY], sources)
-        long_mask = tf.cast(features[keys.LONG_MASK], long_history.dtype)
-        stage_one = {}
+        long_ids = features[keys.LONG_HISTORY]
+        steps = long_ids[0].shape[1]
         if not self.soft:
-            top_items, top_mask = long_history, long_mask
-        elif training:
-            pooled_long, scores = self.gsu_attention(query, long_history, long_mask)
-            head_input = tf.concat([query, pooled_long, user], axis=-1)
-            stage_one["stage_one_logit"] = self.stage_one_head(head_input, training=training)
+            top_items = self.embed_items(long_ids, sources)
+            top_mask = tf.cast(features[keys.LONG_MASK], top_items.dtype)
+            stage_one = {}
+        elif steps is not None and steps <= self.sort_select_max_steps:
+            top_items, top_mask, stage_one = self._soft_search(query, user, features, sources, training)
         else:
-            # The stage-one logit only feeds the training loss; prediction needs the search scores alone.
-            scores = self.gsu_attention.ranked(query, long_history, long_mask)
-        if self.soft:
-            steps = long_history.shape[1]
-            k = min(self.config.top_k, steps)
-            if training and steps <= self.sort_select_max_steps:
-                top_items, top_mask = select_top_k(scores, long_history, long_mask, k, differentiable=True)
-            else:
-                # Embed the k chosen behaviours again instead of gathering them from the long history's
-                # embeddings: the same values, but their gradient goes to the tables' rows directly, so the
-                # backward pass never builds a [B, T, D] gradient for the selection.
-                _, top = tf.math.top_k(scores, k=k, sorted=False)
-                top_ids = [tf.gather(ids, top, batch_dims=1) for ids in features[keys.LONG_HISTORY]]
-                top_items = self.embed_items(top_ids, sources)
-                top_mask = tf.gather(long_mask, top, batch_dims=1)
+            top_items, top_mask, stage_one = self._long_soft_search(query, user, features, sources, training)
         attended, _ = self.esu_attention(query, top_items, top_mask)
         mean = masked_mean(top_items, top_mask)
 

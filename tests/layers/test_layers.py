@@ -329,3 +329,29 @@ def test_large_embedding_tables_are_never_cast_whole_under_mixed_precision(monke
     np.testing.assert_array_equal(rows.numpy(), tf.cast(tf.gather(table.table, ids), tf.bfloat16).numpy())
     grad = tape.gradient(loss, table.table)
     assert isinstance(grad, tf.IndexedSlices) and grad.values.dtype == tf.float32
+
+
+def test_attention_over_feature_parts_equals_attention_over_their_concatenation():
+    """call_parts (per-feature dot products, a small table scored and pooled per id) computes what call
+    computes on the concatenated keys: scores, pool and their gradients."""
+    import tensorflow as tf
+
+    from sim_tf.layers.core import AttentionPooling, SmallVocabularyKeys
+
+    rng = np.random.default_rng(0)
+    big = tf.constant(rng.normal(size=(40, 3)), tf.float32)
+    small = tf.Variable(rng.normal(size=(5, 2)), dtype=tf.float32)
+    ids_big = tf.constant(rng.integers(0, 40, (4, 9)), tf.int32)
+    ids_small = tf.constant(rng.integers(0, 5, (4, 9)), tf.int32)
+    query = tf.constant(rng.normal(size=(4, 5)), tf.float32)
+    mask = tf.constant(rng.random((4, 9)) > 0.3, tf.float32)
+    attention = AttentionPooling("dot")
+    with tf.GradientTape(persistent=True) as tape:
+        keys = tf.concat([tf.gather(big, ids_big), tf.gather(small, ids_small)], axis=-1)
+        want, want_scores = attention(query, keys, mask)
+        got, got_scores = attention.call_parts(query, [tf.gather(big, ids_big), SmallVocabularyKeys(small, ids_small)], mask)
+        loss_want, loss_got = tf.reduce_sum(want ** 2), tf.reduce_sum(got ** 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5)
+    np.testing.assert_allclose(tf.convert_to_tensor(tape.gradient(loss_got, small)),
+                               tf.convert_to_tensor(tape.gradient(loss_want, small)), rtol=1e-4, atol=1e-6)

@@ -213,3 +213,26 @@ def test_select_top_k_matches_top_k_and_its_gradient_matches_tf_gather():
     assert fast_mask.shape == (4, 4) and order.shape == (4, 4)
     full, _ = models.select_top_k(scores, values, mask, 9)
     assert full.shape == (4, 9, 3)
+
+
+def test_sims_long_history_search_equals_its_padded_format_search(build, make_features):
+    """Beyond sort_select_max_steps SIM takes _long_soft_search (parts, small tables per id, the chosen
+    behaviours embedded again); on the same inputs it gives the outputs and gradients of _soft_search."""
+    features, _ = make_features(batch=6, long=12, short=5)
+    model = build("sim")
+    short_path = model(features, training=True)
+    with tf.GradientTape() as tape:
+        out = model(features, training=True)
+        short_loss = tf.reduce_sum(out["logit"]) + tf.reduce_sum(out["stage_one_logit"] ** 2)
+    short_grads = tape.gradient(short_loss, model.trainable_variables)
+    model.sort_select_max_steps, model.small_vocabulary_rows = 0, 8  # item tables of 51, 10 and 5 rows: one small
+    long_path = model(features, training=True)
+    with tf.GradientTape() as tape:
+        out = model(features, training=True)
+        long_loss = tf.reduce_sum(out["logit"]) + tf.reduce_sum(out["stage_one_logit"] ** 2)
+    long_grads = tape.gradient(long_loss, model.trainable_variables)
+    for key in ("logit", "stage_one_logit"):
+        np.testing.assert_allclose(long_path[key], short_path[key], rtol=1e-5, atol=1e-6)
+    assert [g is None for g in long_grads] == [g is None for g in short_grads]
+    for a, b in ((a, b) for a, b in zip(long_grads, short_grads) if a is not None):
+        np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b), rtol=1e-4, atol=1e-6)
