@@ -29,6 +29,7 @@ from sim_tf.data import feature_spec as fs
 from sim_tf.layers.core import (ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, SmallVocabularyKeys,
                                 masked_mean)
 from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
+from sim_tf.layers.long_sequence import EtaSearch, SdimSampler, TwinAttention, age_buckets
 from sim_tf.models import GSU_KINDS, MODEL_TYPES
 
 
@@ -42,9 +43,14 @@ class ModelConfig:
     dropout_rate: float = -1.0
     top_k: int = 50
     attention: str = "dot"
-    # SIM's search unit: "soft" (attention over the long history, then top-k) or "hard" (the input
-    # pipeline already kept the target's category's behaviours; SIM attends over them directly).
+    # SIM's search unit: "soft" (attention over the long history, then top-k), "hard" (the input
+    # pipeline already kept the target's category's behaviours; SIM attends over them directly), or one of
+    # its successors, "eta", "sdim", "twin" (sim_tf/layers/long_sequence.py).
     gsu: str = "soft"
+    hash_bits: int = 32  # ETA's SimHash signature
+    sdim_rounds: int = 4  # SDIM's hash functions ...
+    sdim_bits: int = 3  # ... and hyperplanes per function (2**bits buckets)
+    twin_heads: int = 4  # TWIN's attention heads (each of embedding_dim width)
 
     def __post_init__(self):
         for name in ("stage_one_mlp_dims", "stage_two_mlp_dims", "aux_mlp_dims"):
@@ -62,6 +68,11 @@ class ModelConfig:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.gsu not in GSU_KINDS:
             raise ValueError(f"gsu must be one of {GSU_KINDS}, got {self.gsu!r}")
+        for name in ("hash_bits", "sdim_rounds", "sdim_bits", "twin_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.hash_bits > 62 or self.sdim_bits > 30:
+            raise ValueError(f"hash_bits must be at most 62 and sdim_bits at most 30, got {self.hash_bits}, {self.sdim_bits}")
 
     @property
     def gru_units(self) -> int:
@@ -249,11 +260,19 @@ class SIM(_DienBlock, CtrModel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.soft = self.config.gsu == "soft"
-        if self.soft:  # a hard search has no parameters and no stage-one loss
-            self.gsu_attention = AttentionPooling(self.config.attention, name="gsu_attention")
-            self.stage_one_head = MLP(self.config.stage_one_mlp_dims, self.config.dropout_rate, name="stage_one_head")
-        self.esu_attention = AttentionPooling(self.config.attention, name="esu_attention")
+        c = self.config
+        self.soft = c.gsu == "soft"
+        if self.soft:  # the other search units have no stage-one loss
+            self.gsu_attention = AttentionPooling(c.attention, name="gsu_attention")
+            self.stage_one_head = MLP(c.stage_one_mlp_dims, c.dropout_rate, name="stage_one_head")
+        if c.gsu in ("soft", "hard", "eta"):
+            self.esu_attention = AttentionPooling(c.attention, name="esu_attention")
+        if c.gsu == "eta":
+            self.eta = EtaSearch(c.hash_bits, name="eta_search")
+        elif c.gsu == "sdim":
+            self.sdim = SdimSampler(c.sdim_rounds, c.sdim_bits, name="sdim_sampler")
+        elif c.gsu == "twin":
+            self.twin = TwinAttention(c.twin_heads, c.embedding_dim, name="twin_attention")
         self._make_dien_layers()
         self.head = MLP(self.config.stage_two_mlp_dims, self.config.dropout_rate, name="stage_two_head")
         self.build_layers()
@@ -263,7 +282,11 @@ class SIM(_DienBlock, CtrModel):
         if self.soft:
             self.gsu_attention.build((None, None, self.item_width))
             self.stage_one_head.build((None, 2 * self.item_width + self.user_width))
-        self.esu_attention.build((None, None, self.item_width))
+        if hasattr(self, "esu_attention"):
+            self.esu_attention.build((None, None, self.item_width))
+        for unit in ("eta", "sdim", "twin"):
+            if hasattr(self, unit):
+                getattr(self, unit).build(self.item_width)
         self._build_dien_layers()
         self.head.build((None, 3 * self.item_width + self.config.gru_units + self.user_width))
         self.built = True
@@ -301,20 +324,46 @@ class SIM(_DienBlock, CtrModel):
         steps = tf.shape(long_ids[0])[1]
         mask = features[keys.LONG_MASK]
         if self.config.attention == "dot":
-            parts = []
-            for table, ids, source in zip(self.item_tables, long_ids, sources):
-                if table.rows <= self.small_vocabulary_rows and (long_ids[0].shape[1] or 0) > table.rows:
-                    parts.append(SmallVocabularyKeys(tf.cast(source, table.compute_dtype), ids))
-                else:
-                    parts.append(table.lookup(ids, source))
+            parts = self._long_parts(long_ids, sources)
             pooled_long, scores = self.gsu_attention.call_parts(query, parts, mask)
         else:
             pooled_long, scores = self.gsu_attention(query, self.embed_items(long_ids, sources), mask)
         stage_one = self._stage_one(query, pooled_long, user, training) if training else {}
         _, top = tf.math.top_k(scores, k=tf.minimum(self.config.top_k, steps), sorted=False)
-        top_items = self.embed_items([tf.gather(ids, top, batch_dims=1) for ids in long_ids], sources)
-        top_mask = tf.cast(tf.gather(mask, top, batch_dims=1), top_items.dtype)
+        top_items, top_mask = self._embed_chosen(long_ids, mask, top, sources)
         return top_items, top_mask, stage_one
+
+    def _long_parts(self, long_ids, sources) -> list:
+        """The long history as parts (see AttentionPooling.call_parts): a small table's ids stay ids."""
+        steps = long_ids[0].shape[1] or 0
+        return [SmallVocabularyKeys(tf.cast(source, table.compute_dtype), ids)
+                if table.rows <= self.small_vocabulary_rows and steps > table.rows else table.lookup(ids, source)
+                for table, ids, source in zip(self.item_tables, long_ids, sources)]
+
+    def _embed_chosen(self, long_ids, mask, top, sources):
+        """The chosen positions [B, k] embedded again (their gradient goes to the tables' rows directly)."""
+        items = self.embed_items([tf.gather(ids, top, batch_dims=1) for ids in long_ids], sources)
+        return items, tf.cast(tf.gather(mask, top, batch_dims=1), items.dtype)
+
+    def _successor(self, query, features, sources):
+        """(attended, mean) of the long history under ETA, SDIM or TWIN (sim_tf/layers/long_sequence.py)."""
+        gsu = self.config.gsu
+        long_ids = features[keys.LONG_HISTORY]
+        mask = features[keys.LONG_MASK]
+        parts = self._long_parts(long_ids, sources)
+        if gsu == "sdim":
+            return self.sdim.interest(query, parts, mask)
+        k = tf.minimum(self.config.top_k, tf.shape(long_ids[0])[1])
+        if gsu == "eta":
+            top, _ = self.eta.search(query, parts, mask, k)
+            items, top_mask = self._embed_chosen(long_ids, mask, top, sources)
+            attended, _ = self.esu_attention(query, items, top_mask)
+            return attended, masked_mean(items, top_mask)
+        ages = age_buckets(tf.shape(long_ids[0])[1])
+        _, top = tf.math.top_k(self.twin.gsu_scores(query, parts, mask, ages[None, :]), k=k, sorted=False)
+        items, top_mask = self._embed_chosen(long_ids, mask, top, sources)
+        attended, _ = self.twin(query, items, top_mask, tf.gather(ages, top))
+        return attended, masked_mean(items, top_mask)
 
     def call(self, features, training=False):
         sources = self.item_sources()
@@ -322,16 +371,19 @@ class SIM(_DienBlock, CtrModel):
         user = self.embed_user(features)
         long_ids = features[keys.LONG_HISTORY]
         steps = long_ids[0].shape[1]
-        if not self.soft:
-            top_items = self.embed_items(long_ids, sources)
-            top_mask = tf.cast(features[keys.LONG_MASK], top_items.dtype)
-            stage_one = {}
-        elif steps is not None and steps <= self.sort_select_max_steps:
-            top_items, top_mask, stage_one = self._soft_search(query, user, features, sources, training)
+        stage_one = {}
+        if self.config.gsu in ("eta", "sdim", "twin"):
+            attended, mean = self._successor(query, features, sources)
         else:
-            top_items, top_mask, stage_one = self._long_soft_search(query, user, features, sources, training)
-        attended, _ = self.esu_attention(query, top_items, top_mask)
-        mean = masked_mean(top_items, top_mask)
+            if self.config.gsu == "hard":
+                top_items = self.embed_items(long_ids, sources)
+                top_mask = tf.cast(features[keys.LONG_MASK], top_items.dtype)
+            elif steps is not None and steps <= self.sort_select_max_steps:
+                top_items, top_mask, stage_one = self._soft_search(query, user, features, sources, training)
+            else:
+                top_items, top_mask, stage_one = self._long_soft_search(query, user, features, sources, training)
+            attended, _ = self.esu_attention(query, top_items, top_mask)
+            mean = masked_mean(top_items, top_mask)
 
         final, aux = self._dien(query, features, training, sources)
         logit = self.head(tf.concat([attended, mean, query, final, user], axis=-1), training=training)

@@ -70,6 +70,7 @@ class Vocabulary:
     num_users: int
     num_items: int
     num_categories: int
+    time: np.ndarray | None = None  # [rows] review time, same order
 
 
 def build_vocabulary(users, items, times, item_names, meta_path, config: AmazonConfig, log) -> Vocabulary:
@@ -92,7 +93,7 @@ def build_vocabulary(users, items, times, item_names, meta_path, config: AmazonC
     new_users, _ = renumber(users)
     new_items, old_items = renumber(items)
     order = np.lexsort((new_items, times, new_users))
-    new_users, new_items = new_users[order], new_items[order]
+    new_users, new_items, times = new_users[order], new_items[order], times[order]
     num_users, num_items = int(new_users.max()), int(new_items.max())
     offsets = np.searchsorted(new_users, np.arange(1, num_users + 2))
     log(f"kept {new_users.size:,} reviews of {num_users:,} users with >= {config.min_reviews} reviews, {num_items:,} items")
@@ -107,7 +108,8 @@ def build_vocabulary(users, items, times, item_names, meta_path, config: AmazonC
         category_of_item[item] = category_ids.setdefault(name, len(category_ids) + 1)
     missing = num_items - len(names)
     log(f"{len(category_ids):,} categories; {missing:,} item(s) without metadata got {NO_CATEGORY!r}")
-    return Vocabulary(new_users, new_items, offsets, category_of_item, num_users, num_items, len(category_ids))
+    return Vocabulary(new_users, new_items, offsets, category_of_item, num_users, num_items, len(category_ids),
+                      times.astype(np.int64))
 
 
 def _index_rows(vocab: Vocabulary, first_user: int, last_user: int, config: AmazonConfig, rng):
@@ -207,6 +209,47 @@ def _write_part(task) -> int:
     index = index[rng.permutation(index.shape[0])]
     write_parquet(path, _WORKER_VOCAB, index, config, rng)
     return int(index.shape[0])
+
+
+def preprocess_store(reviews: str, meta: str, output: str, config: AmazonConfig, num_files: int = 8,
+                     prebatch_size: int = 32, log: Callable[[str], None] = print) -> dict:
+    """The same samples as :func:`preprocess` (every training prefix, paired with a negative; the last review
+    is the test target), written as a store-backed TFRecord dataset: every kept review once in the
+    behaviour store (item, category, time), each sample by reference (user, position). Histories are as
+    long as the user's reviews, so ``history_length`` here is only the recent part (S)."""
+    from sim_tf.data import tfrecord_writer as tw
+    from sim_tf.data.behavior_store import BehaviorStore
+
+    users, items, times, item_names, report = read_reviews(reviews, config.strict, config.workers)
+    log(report.summary(reviews))
+    vocab = build_vocabulary(users, items, times, item_names, meta, config, log)
+    del users, items, times, item_names
+    store = BehaviorStore(np.concatenate([[0], vocab.offsets]).astype(np.int64),
+                          {tw.item_base(0): vocab.item.astype(np.int32),
+                           tw.item_base(1): vocab.category_of_item[vocab.item].astype(np.int32)}, vocab.time)
+    rng = np.random.default_rng(config.seed)
+    tests, trains = [], []
+    for first in range(1, vocab.num_users + 1, config.users_per_chunk):
+        test, train = _index_rows(vocab, first, min(vocab.num_users + 1, first + config.users_per_chunk), config, rng)
+        tests.append(test)
+        trains.append(train)
+    splits = {}
+    for name, chunks in (("train", trains), ("test", tests)):
+        index = np.concatenate(chunks)
+        index = index[rng.permutation(index.shape[0])]
+        user, end, target, label = (index[:, k] for k in range(4))
+        splits[name] = {tw.LABEL: label, tw.user_feature(0): user, tw.item_feature(0, tw.TARGET): target,
+                        tw.item_feature(1, tw.TARGET): vocab.category_of_item[target].astype(np.int64),
+                        tw.POSITION: end - vocab.offsets[user - 1]}
+    if splits["train"][tw.LABEL].size == 0:
+        raise UserError("the kept users have no training prefixes; lower --min_history")
+    metadata = {"samples": {k: int(v[tw.LABEL].size) for k, v in splits.items()}, "source": "amazon books 2014"}
+    tw.write_dataset(output, splits, [vocab.num_users], [vocab.num_items, vocab.num_categories],
+                     config.history_length, num_files={"train": num_files, "test": max(1, num_files // 4)},
+                     prebatch_size=prebatch_size, metadata=metadata, log=log, store=store)
+    return {"reviews_read": report.lines, "reviews_used": report.used, "users": vocab.num_users,
+            "items": vocab.num_items, "categories": vocab.num_categories,
+            "train_rows": int(splits["train"][tw.LABEL].size), "test_rows": int(splits["test"][tw.LABEL].size)}
 
 
 def preprocess(reviews: str, meta: str, output: str, config: AmazonConfig, log: Callable[[str], None] = print) -> dict:

@@ -142,7 +142,7 @@ class TrainConfig:
             raise UserError(f"--global_batch_size {self.global_batch_size} is not divisible by the {replicas} replicas")
 
     def _validate_for_store(self, spec) -> None:
-        if self.model_type == "sim" and self.model.top_k > self.max_long_history:
+        if self.model_type == "sim" and self.model.gsu != "sdim" and self.model.top_k > self.max_long_history:
             raise UserError(f"--top_k {self.model.top_k} is larger than --max_long_history {self.max_long_history}: "
                             f"the search keeps at most the behaviours its window holds")
         if spec.history_length < 2 and self.model_type in ("sim", "dien"):

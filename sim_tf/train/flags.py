@@ -72,9 +72,15 @@ flags.DEFINE_integer("cpu_replicas", 1, "Split the CPU into this many logical de
 flags.DEFINE_float("collective_timeout_s", 0.0, "Fail a collective (all-reduce) that takes longer than this, so a hung worker ends the job (0: no timeout).")
 flags.DEFINE_enum("amp_dtype", "auto", list(AMP_DTYPES), "Reduced precision used by --amp (auto: float16 on GPU, bfloat16 on CPU).")
 flags.DEFINE_integer("top_k", 50, "Long-history behaviours SIM's search keeps for the exact search unit.")
-flags.DEFINE_enum("gsu", "soft", list(GSU_KINDS), "SIM's search unit on a behaviour-store dataset: soft (attention over the "
-                  "whole long history, then --top_k) or hard (the --top_k most recent behaviours of the target's "
-                  "category, chosen in the input pipeline, so the model never embeds the rest).")
+flags.DEFINE_enum("gsu", "soft", list(GSU_KINDS), "SIM's search unit: soft (attention over the whole long history, then "
+                  "--top_k); hard (behaviour-store datasets: the --top_k most recent behaviours of the target's "
+                  "category, chosen in the input pipeline, so the model never embeds the rest); or a successor: eta "
+                  "(SimHash + Hamming top-k), sdim (hash-bucket averages, no top-k), twin (the ESU's own multi-head "
+                  "attention scores the whole history). docs/models.md compares them.")
+flags.DEFINE_integer("hash_bits", 32, "--gsu eta: bits of the SimHash signature (at most 62).", lower_bound=1)
+flags.DEFINE_integer("sdim_rounds", 4, "--gsu sdim: hash functions (rounds) averaged.", lower_bound=1)
+flags.DEFINE_integer("sdim_bits", 3, "--gsu sdim: hyperplanes per hash function (2**bits buckets; at most 30).", lower_bound=1)
+flags.DEFINE_integer("twin_heads", 4, "--gsu twin: attention heads, each --embedding_dim wide.", lower_bound=1)
 flags.DEFINE_integer("max_long_history", 1000, "Behaviour-store datasets: the long history spans at most this many "
                      "behaviours before the recent ones (soft: all are embedded; hard: searched).", lower_bound=1)
 flags.DEFINE_enum("attention", "dot", list(ATTENTION_KINDS), "Target attention: dot (the recipe's) or din (the DIN paper's activation unit).")
@@ -126,6 +132,10 @@ def config_from_flags(mode: str | None = None) -> TrainConfig:
             top_k=FLAGS.top_k,
             attention=FLAGS.attention,
             gsu=FLAGS.gsu,
+            hash_bits=FLAGS.hash_bits,
+            sdim_rounds=FLAGS.sdim_rounds,
+            sdim_bits=FLAGS.sdim_bits,
+            twin_heads=FLAGS.twin_heads,
         )
     except ValueError as e:
         if isinstance(e, UserError):

@@ -95,7 +95,7 @@ def test_the_planted_signal_is_older_than_the_last_thousand_behaviours():
     assert abs(np.mean(recent_hits[1]) - np.mean(recent_hits[0])) < 0.25 * np.mean(recent_hits[0])
 
 
-@pytest.mark.parametrize("gsu", ["soft", "hard"])
+@pytest.mark.parametrize("gsu", ["soft", "hard", "eta", "sdim", "twin"])
 def test_a_long_history_model_trains_and_serves_what_it_was_trained_on(lifelong, tmp_path, gsu):
     from sim_tf.serve import export, predict
     from sim_tf.train import train_lib

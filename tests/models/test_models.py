@@ -236,3 +236,32 @@ def test_sims_long_history_search_equals_its_padded_format_search(build, make_fe
     assert [g is None for g in long_grads] == [g is None for g in short_grads]
     for a, b in ((a, b) for a, b in zip(long_grads, short_grads) if a is not None):
         np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("gsu", ["eta", "sdim", "twin"])
+def test_sims_successors_train_in_float32_and_mixed_precision(gsu, build, make_features, model_config):
+    """ETA, SDIM and TWIN inside SIM: every trainable variable gets a gradient (the hyperplanes are fixed),
+    one batch can be memorised, and bfloat16 agrees with float32."""
+    import dataclasses
+
+    config = dataclasses.replace(model_config, gsu=gsu, hash_bits=8, sdim_rounds=3, sdim_bits=2)
+    keras.utils.set_random_seed(0)
+    model = build("sim", config)
+    assert all(not v.trainable for v in model.weights if "hyperplanes" in v.path)
+    features, labels = make_features(batch=32, seed=6, long=40)  # > the 5-row table: its part stays ids
+    with tf.GradientTape() as tape:
+        loss = total_loss(model(features, training=True), labels)
+    for var, grad in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables)):
+        assert grad is not None, var.path
+    optimizer = keras.optimizers.Adam(0.01)
+    ctr = []
+    for _ in range(100):
+        with tf.GradientTape() as tape:
+            outputs = model(features, training=True)
+            loss = total_loss(outputs, labels)
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        ctr.append(float(losses.loss_terms(outputs, labels).ctr_sum) / 32)
+    assert ctr[-1] < 0.1 * ctr[0], (ctr[0], ctr[-1])
+    mixed = build("sim", config, policy="mixed_bfloat16")
+    mixed.set_weights(model.get_weights())
+    np.testing.assert_allclose(mixed(features)["prediction"], model(features)["prediction"], atol=0.05)

@@ -205,3 +205,32 @@ def test_parallel_reading_matches_one_process(tmp_path, monkeypatch):
                                                     "missing field reviewerID/unixReviewTime": [lines]}
     wanted = {f"B{i:09d}".encode(): i for i in range(1, 1501, 3)}
     assert amazon_reader.read_categories(meta, wanted, workers=1)[0] == amazon_reader.read_categories(meta, wanted, workers=2)[0]
+
+
+def test_the_store_format_keeps_every_review_once_and_samples_by_reference(tmp_path):
+    """--format store: the same samples as the parquet layout, histories assembled from the store."""
+    from sim_tf.data import dataset as data
+    from sim_tf.data import feature_spec as fs
+    from sim_tf.data import inputs
+    from sim_tf.data.behavior_store import BehaviorStore
+
+    reviews, meta = write_raw(tmp_path, HAND_REVIEWS, HAND_META)
+    out = str(tmp_path / "store")
+    config = amazon.AmazonConfig(min_reviews=3, history_length=2, seed=3)
+    counts = amazon.preprocess_store(reviews, meta, out, config, num_files=1, prebatch_size=1, log=lambda s: None)
+    assert counts["train_rows"] == 6 and counts["test_rows"] == 4
+    spec = fs.FeatureSpec.from_yaml(out)
+    store = BehaviorStore.load(spec.store.file)
+    # Every kept review once, users by id (U_B = 1, U_A = 2), sorted by (time, item): see the test above.
+    assert store.offsets.tolist() == [0, 0, 3, 7]
+    assert store.features["item_feat_0"].tolist() == [2, 1, 4, 2, 1, 3, 4]
+    assert store.features["item_feat_1"].tolist() == [2, 1, 2, 2, 1, 3, 2]
+    assert store.timestamps.tolist() == [40, 50, 60, 10, 20, 30, 30]
+    options = data.InputOptions(shuffle=False, gsu="soft", max_long_history=2, negative_history=False)
+    (features, labels), = list(data.make_dataset(spec, "test", 64, options=options))
+    histories = sorted((int(u), int(t), tuple(lng) + tuple(sht)) for u, t, lng, sht, y in zip(
+        features[inputs.USER][0].numpy(), features[inputs.TARGET][0].numpy(),
+        features[inputs.LONG_HISTORY][0].numpy().tolist(), features[inputs.SHORT_HISTORY][0].numpy().tolist(),
+        labels.numpy()) if y == 1)
+    # The test targets (w for both users) with everything before them, as the parquet layout has it.
+    assert histories == [(1, 4, (0, 0, 2, 1)), (2, 4, (0, 2, 1, 3))]
