@@ -26,6 +26,18 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 _CASE_KEYS = ("model", "preset", "mode", "config")
 
 
+def case_key(case: dict) -> tuple:
+    """(model, preset, mode, config, gsu, long_history): reports written before the history axis have
+    neither of the last two, which then read as "" and 0."""
+    return tuple(case[k] for k in _CASE_KEYS) + (case.get("gsu", ""), int(case.get("long_history", 0)))
+
+
+def variant(case_or_key) -> str:
+    """A case's label beyond model, preset and mode: its config, and its search unit and history if any."""
+    _, _, _, config, gsu, long_history = case_or_key if isinstance(case_or_key, tuple) else case_key(case_or_key)
+    return f"{config} {gsu} {long_history:,}" if gsu else config
+
+
 def t975(degrees_of_freedom: int) -> float:
     if degrees_of_freedom < 1:
         raise ValueError("a confidence interval needs at least two pairs")
@@ -138,14 +150,14 @@ def _pair(model, preset, mode, base_label, new_label, base_runs, new_runs) -> Co
 
 
 def compare_reports(base: dict, new: dict) -> list[Comparison]:
-    """Every case present in both reports, matched by model, preset, mode and config."""
-    base_cases = {tuple(r["case"][k] for k in _CASE_KEYS): r for r in base["results"]}
+    """Every case present in both reports, matched by model, preset, mode, config and history."""
+    base_cases = {case_key(r["case"]): r for r in base["results"]}
     out = []
     for entry in new["results"]:
-        key = tuple(entry["case"][k] for k in _CASE_KEYS)
+        key = case_key(entry["case"])
         if key in base_cases:
-            model, preset, mode, config = key
-            out.append(_pair(model, preset, mode, f"base {config}", f"new {config}",
+            model, preset, mode = key[:3]
+            out.append(_pair(model, preset, mode, f"base {variant(key)}", f"new {variant(key)}",
                              base_cases[key]["runs"], entry["runs"]))
     if not out:
         raise UserError("the two reports have no case in common (same model, preset, mode and config)")
@@ -153,17 +165,37 @@ def compare_reports(base: dict, new: dict) -> list[Comparison]:
 
 
 def compare_configs(report: dict, baseline: str) -> list[Comparison]:
-    """Within one report, every other config against ``baseline`` for the same model, preset and mode."""
-    by_key = {tuple(r["case"][k] for k in _CASE_KEYS): r for r in report["results"]}
+    """Within one report, every other config against ``baseline`` for the same model, preset, mode and history."""
+    by_key = {case_key(r["case"]): r for r in report["results"]}
     out = []
-    for (model, preset, mode, config), entry in by_key.items():
-        reference = by_key.get((model, preset, mode, baseline))
+    for key, entry in by_key.items():
+        model, preset, mode, config, gsu, history = key
+        reference = by_key.get((model, preset, mode, baseline, gsu, history))
         if config != baseline and reference is not None:
-            out.append(_pair(model, preset, mode, baseline, config, reference["runs"], entry["runs"]))
+            out.append(_pair(model, preset, mode, variant(reference["case"]), variant(key), reference["runs"],
+                             entry["runs"]))
     if not out:
         configs = sorted({r["case"]["config"] for r in report["results"]})
         raise UserError(f"nothing to compare: the report needs config {baseline!r} and another one for the same "
                         f"model, preset and mode (it has {configs}); or give a second report")
+    return out
+
+
+def compare_search_units(report: dict, baseline: str) -> list[Comparison]:
+    """Within one report, every other search unit (--gsu) against ``baseline`` for the same model, preset,
+    mode, config and long history: e.g. ETA, SDIM, TWIN and hard against soft, paired by seed."""
+    by_key = {case_key(r["case"]): r for r in report["results"]}
+    out = []
+    for key, entry in by_key.items():
+        model, preset, mode, config, gsu, history = key
+        reference = by_key.get((model, preset, mode, config, baseline, history))
+        if gsu and gsu != baseline and reference is not None:
+            out.append(_pair(model, preset, mode, variant(reference["case"]), variant(key), reference["runs"],
+                             entry["runs"]))
+    if not out:
+        units = sorted({r["case"].get("gsu", "") for r in report["results"]} - {""})
+        raise UserError(f"nothing to compare: the report needs search unit {baseline!r} and another one for the same "
+                        f"model, preset, mode, config and history (it has {units or 'none'})")
     return out
 
 

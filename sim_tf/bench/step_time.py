@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from sim_tf.models import MODEL_TYPES
+from sim_tf.models import GSU_KINDS, MODEL_TYPES
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--global_batch_size", type=int, default=4096)
     parser.add_argument("--long_seq_length", type=int, default=90)
-    parser.add_argument("--gsu", default="soft", choices=("soft", "hard"))
+    parser.add_argument("--gsu", default="soft", choices=GSU_KINDS)
     parser.add_argument("--max_long_history", type=int, default=1000)
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--xla", action="store_true")

@@ -3,6 +3,7 @@
   sim-tf benchmark-compare BEFORE.json AFTER.json      every case in both (e.g. two checkouts, or two flag sets)
   sim-tf benchmark-compare RESULTS.json                every config against fp32 within one report
   sim-tf benchmark-compare RESULTS.json --baseline_config amp --tolerance 0.001
+  sim-tf benchmark-compare RESULTS.json --baseline_gsu soft     every search unit against SIM's soft one
 
 The files are `sim-tf benchmark --json_output` reports. For `--modes auc` cases, runs pair up by seed;
 the table gives each seed's difference, their mean with a 95% confidence interval, and the verdict on
@@ -24,6 +25,8 @@ from sim_tf.errors import UserError
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline_config", "fp32", f"With one report: the config the others are compared with, from "
                     f"{list(bench.CONFIGS)}.")
+flags.DEFINE_string("baseline_gsu", None, "With one report: compare search units (--gsu) instead of configs, each "
+                    "against this one (e.g. soft), same model, preset, mode, config and history, paired by seed.")
 flags.DEFINE_float("tolerance", 0.002, "AUC change that counts as unchanged (per seed, and for the mean's interval).",
                    lower_bound=0.0)
 flags.DEFINE_string("json_output", None, "Also write the comparison as JSON to this file.")
@@ -39,6 +42,8 @@ def main(argv):
     reports = [bench_compare.load_report(p) for p in paths]
     if len(reports) == 2:
         comparisons = bench_compare.compare_reports(*reports)
+    elif FLAGS.baseline_gsu:
+        comparisons = bench_compare.compare_search_units(reports[0], FLAGS.baseline_gsu)
     else:
         comparisons = bench_compare.compare_configs(reports[0], FLAGS.baseline_config)
     print(bench_compare.format_comparisons(comparisons, FLAGS.tolerance))

@@ -267,19 +267,19 @@ class AttentionPooling(keras.layers.Layer):
         """:meth:`call` (kind ``dot`` only) for keys given as feature parts, without concatenating them.
 
         ``parts`` lists, per item feature, either keys [B, T, D_i] or, for a small vocabulary, a
-        :class:`SmallVocabularyKeys`; the keys are their concatenation. The score is the sum of the parts'
+        :class:`TableRows`; the keys are their concatenation. The score is the sum of the parts'
         dot products with the matching slices of ``query``, and the pooled vector the concatenation of the
         parts' pools: the same numbers as :meth:`call` on the concatenated keys, up to float rounding.
         """
         if self.unit is not None:
             raise ValueError("call_parts supports kind='dot' only")
-        widths = [p.width if isinstance(p, SmallVocabularyKeys) else p.shape[-1] for p in parts]
+        widths = [p.width if isinstance(p, TableRows) else p.shape[-1] for p in parts]
         queries = tf.split(query, widths, axis=-1)
-        scores = tf.add_n([p.scores(q) if isinstance(p, SmallVocabularyKeys) else tf.einsum("btd,bd->bt", p, q)
+        scores = tf.add_n([p.scores(q) if isinstance(p, TableRows) else tf.einsum("btd,bd->bt", p, q)
                            for p, q in zip(parts, queries)])
         mask = tf.cast(mask, scores.dtype)
         weights = masked_softmax(scores, mask)
-        pooled = tf.concat([p.pool(weights) if isinstance(p, SmallVocabularyKeys)
+        pooled = tf.concat([p.pool(weights) if isinstance(p, TableRows)
                             else tf.squeeze(tf.matmul(weights[:, None, :], p), axis=1) for p in parts], axis=-1)
         return pooled, tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
 
@@ -287,17 +287,19 @@ class AttentionPooling(keras.layers.Layer):
         return {**super().get_config(), "kind": self.kind}
 
 
-class SmallVocabularyKeys:
-    """Keys ``table[ids]`` [B, T, D] of a small table, for dot-product attention without gathering them.
+class TableRows:
+    """Keys ``table[ids]`` [B, T, D] given as the table and the ids, for maths that need not gather them.
 
-    With V table rows and V << T, the score <table[id_bt], q_b> is entry (b, id_bt) of q table^T [B, V],
-    and the pool sum_t w_bt table[id_bt] is (the weights summed per id, [B, V]) x table: both cost O(B T)
-    scalars plus O(B V D), where gathering the keys costs O(B T D) forward and backward. Category ids
-    (hundreds of values against thousands of behaviours) are the case it is for.
+    * Dot-product attention over a *small* table (V rows, V << T): the score <table[id_bt], q_b> is entry
+      (b, id_bt) of q table^T [B, V], and the pool sum_t w_bt table[id_bt] is (the weights summed per id,
+      [B, V]) x table: O(B T) scalars plus O(B V D), where gathering the keys costs O(B T D) forward and
+      backward. Category ids (hundreds of values against thousands of behaviours) are the case.
+    * A fixed projection of any table (long_sequence.project): table x W is computed once per step, and a
+      behaviour gathers its row of that product instead of its embedding.
     """
 
     def __init__(self, table: tf.Tensor, ids: tf.Tensor):
-        self.table = table  # [V, D], in the compute dtype
+        self.table = table  # [V, D], in the compute dtype (its rows are the keys' values)
         self.ids = ids  # [B, T] int
         self.width = table.shape[-1]
 

@@ -2,16 +2,19 @@
 
 Shapes: B batch, T long-history positions, D item width (the concatenated item-feature embeddings),
 k kept behaviours. The long history comes as *parts*, one per item feature: keys [B, T, D_i] or, for a
-small vocabulary, a :class:`~sim_tf.layers.core.SmallVocabularyKeys`; the behaviour's vector is their
+small vocabulary, a :class:`~sim_tf.layers.core.TableRows`; the behaviour's vector is their
 concatenation (see AttentionPooling.call_parts). Masks are 1 on real behaviours, 0 on padding.
 
-* **ETA** (Chen et al. 2021, arXiv 2108.04468): SimHash signatures (signs of ``bits`` fixed random
-  projections) of the target's and the behaviours' *current* embeddings; the k behaviours at the smallest
-  Hamming distance are kept (ties: the most recent), and target attention runs over them. The retrieval
-  has no parameters and takes no gradient; everything is trained end to end through the attention.
-* **SDIM** (Cao et al. 2022, arXiv 2205.10249): ``rounds`` hash functions of ``bits`` hyperplanes each. In
-  round j the behaviours whose signature equals the target's are summed and the sum is L2-normalised; the
-  interest is the mean over rounds. No top-k and no attention over the long history.
+* **ETA** (Chen et al. 2021, arXiv 2108.04468): SimHash signatures (signs of fixed random projections) of
+  the target's and the behaviours' *current* embeddings; the k behaviours at the smallest Hamming distance
+  are kept (ties: the most recent), and target attention runs over them. The retrieval has no parameters
+  and takes no gradient; everything is trained end to end through the attention.
+* **SDIM** (Cao et al. 2022, arXiv 2205.10249): ``rounds`` hash functions. In round j the behaviours whose
+  signature equals the target's are summed and the sum is L2-normalised; the interest is the mean over
+  rounds. No top-k and no attention over the long history.
+
+Both hash per item feature, a table row at a time (:class:`FeatureSimHash`): a behaviour's signature is
+then one gathered int64 per feature, not a projection of its embedding.
 * **TWIN** (Chang et al. 2023, arXiv 2302.02352): one relevance metric for both stages. The ESU is
   multi-head target attention whose head-h logit is (k W_K^h) . (q W_Q^h) / sqrt(d_h) + beta_h[age]: a
   projection of the behaviour's inherent features (its embedding) and a bias per age bucket for the
@@ -27,99 +30,92 @@ import math
 import keras
 import tensorflow as tf
 
-from sim_tf.layers.core import SmallVocabularyKeys, check_positive_ints, masked_softmax
+from sim_tf.layers.core import TableRows, check_positive_ints, masked_softmax
 
 AGE_BUCKETS = 24  # floor(log2(age)) buckets: ages up to 2**24 behaviours
 
 
 def part_widths(parts) -> list[int]:
-    return [p.width if isinstance(p, SmallVocabularyKeys) else p.shape[-1] for p in parts]
-
-
-def project(parts, matrix: tf.Tensor) -> tf.Tensor:
-    """[B, T, P]: the concatenated behaviour vectors times ``matrix`` [D, P], part by part."""
-    slices = tf.split(matrix, part_widths(parts), axis=0)
-    out = []
-    for part, w in zip(parts, slices):
-        if isinstance(part, SmallVocabularyKeys):
-            out.append(tf.gather(tf.matmul(part.table, tf.cast(w, part.table.dtype)), part.ids))
-        else:
-            out.append(tf.einsum("btd,dp->btp", part, tf.cast(w, part.dtype)))
-    return tf.add_n(out)
-
-
-def pool(parts, weights: tf.Tensor) -> tf.Tensor:
-    """[B, m, D]: for each of the m columns of ``weights`` [B, T, m], the weighted sum of the behaviours."""
-    out = []
-    for part in parts:
-        if isinstance(part, SmallVocabularyKeys):
-            rows = tf.shape(part.table, out_type=tf.int64)[0]
-            batch = tf.shape(part.ids, out_type=tf.int64)[0]
-            flat = tf.reshape(tf.cast(part.ids, tf.int64) + tf.range(batch)[:, None] * rows, [-1])
-            columns = weights.shape[-1]
-            per_id = tf.math.unsorted_segment_sum(tf.reshape(tf.cast(weights, part.table.dtype), [-1, columns]),
-                                                  flat, batch * rows)  # [B * V, m]
-            per_id = tf.transpose(tf.reshape(per_id, [batch, rows, columns]), [0, 2, 1])  # [B, m, V]
-            out.append(tf.einsum("bmv,vd->bmd", per_id, part.table))
-        else:
-            out.append(tf.matmul(tf.cast(weights, part.dtype), part, transpose_a=True))
-    return tf.concat(out, axis=-1)
+    return [p.width if isinstance(p, TableRows) else p.shape[-1] for p in parts]
 
 
 def behaviour_vectors(parts) -> tf.Tensor:
     """[B, T, D]: the parts gathered and concatenated (for the reference paths and tests)."""
-    return tf.concat([tf.gather(p.table, p.ids) if isinstance(p, SmallVocabularyKeys) else p for p in parts], axis=-1)
+    return tf.concat([tf.gather(p.table, p.ids) if isinstance(p, TableRows) else p for p in parts], axis=-1)
 
 
-def _hyperplanes(layer: keras.layers.Layer, width: int, count: int, seed: int):
-    # Fixed random projections: saved with the model (so serving hashes as training did), never trained.
-    return layer.add_weight(name="hyperplanes", shape=(width, count), dtype="float32", trainable=False,
-                            initializer=keras.initializers.RandomNormal(seed=seed))
+def _split_bits(total: int, features: int) -> list[int]:
+    """``total`` signature bits shared out over ``features`` item features (the first ones get the rest)."""
+    return [total // features + (1 if f < total % features else 0) for f in range(features)]
 
 
-def sign_bits(projections: tf.Tensor) -> tf.Tensor:
-    """int64 [..., P] -> 1 where the projection is positive, else 0."""
-    return tf.cast(projections > 0, tf.int64)
+class FeatureSimHash:
+    """SimHash per item feature, computed per table row: the signature of a behaviour is the concatenation
+    of its features' signatures, sign(e_f R_f) for fixed random hyperplanes R_f [D_f, n_f], packed into
+    one int64 (bit ``offsets[f] + i`` is feature f's bit i).
 
+    A behaviour's signature depends only on its ids, so each step hashes every table row once (V_f x D_f x
+    n_f multiply-adds) and a behaviour gathers one int64 per feature: 8 bytes, where hashing its embedding
+    would gather D floats and multiply them by R. The Hamming distance of two signatures is the sum of the
+    features' distances, each estimating the angle between the two feature embeddings (SimHash's
+    guarantee holds per feature rather than for the concatenated vector).
+    """
 
-def pack_bits(bits: tf.Tensor) -> tf.Tensor:
-    """int64 [..., P] of 0/1 (P <= 62) -> int64 [...]: bit p of the result is bits[..., p]."""
-    weights = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.range(bits.shape[-1], dtype=tf.int64))
-    return tf.reduce_sum(bits * weights, axis=-1)
+    def __init__(self, layer: keras.layers.Layer, widths: list[int], bits: list[int], seed: int, name: str = "hyperplanes"):
+        if sum(bits) > 62:
+            raise ValueError(f"signatures pack into 62 bits; asked for {sum(bits)}")
+        self.bits = bits
+        self.offsets = [sum(bits[:f]) for f in range(len(bits))]
+        self.planes = [layer.add_weight(name=f"{name}_{f}", shape=(w, n), dtype="float32", trainable=False,
+                                        initializer=keras.initializers.RandomNormal(seed=seed + f))
+                       for f, (w, n) in enumerate(zip(widths, bits))]
+
+    def _codes(self, vectors: tf.Tensor, f: int) -> tf.Tensor:
+        bits = tf.cast(tf.matmul(tf.cast(vectors, tf.float32), self.planes[f]) > 0, tf.int64)
+        weights = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.range(self.bits[f], dtype=tf.int64) + self.offsets[f])
+        return tf.reduce_sum(bits * weights, axis=-1)
+
+    def of_vectors(self, vectors: list[tf.Tensor]) -> tf.Tensor:
+        """[...] int64: the signature of vectors given per feature ([..., D_f] each), e.g. the target's."""
+        return tf.add_n([self._codes(v, f) for f, v in enumerate(vectors)])
+
+    def of_rows(self, rows: list[TableRows]) -> tf.Tensor:
+        """[B, T] int64: the signatures of behaviours given as table rows (one table hash per step)."""
+        return tf.add_n([tf.gather(self._codes(tf.stop_gradient(r.table), f), r.ids) for f, r in enumerate(rows)])
 
 
 @keras.saving.register_keras_serializable(package="sim_tf")
 class EtaSearch(keras.layers.Layer):
-    """ETA's retrieval: the ``k`` behaviours closest to the target in Hamming distance of SimHash signatures.
+    """ETA's retrieval: the ``k`` behaviours closest to the target in Hamming distance of their signatures
+    (:class:`FeatureSimHash`, ``bits`` in all, shared out over the item features).
 
-    ``search(query [B, D], parts, mask [B, T], k)`` returns (positions [B, k] int32, distances [B, T] int64).
-    (A method, not ``call``: Keras layers take only tensors as positional inputs, and parts are not.)
-    Ties in distance go to the more recent behaviour; padding is never chosen before a real behaviour.
+    ``search(queries, rows, mask [B, T], k)``: ``queries`` the target's per-feature embeddings [B, D_f],
+    ``rows`` the long history's per-feature TableRows; returns (positions [B, k] int32, distances [B, T]
+    int64). Ties in distance go to the more recent behaviour; padding is never chosen before a real one.
+    (A method, not ``call``: Keras layers take only tensors as positional inputs.)
     """
 
     def __init__(self, bits: int = 32, seed: int = 17, **kwargs):
         super().__init__(**kwargs)
         (self.bits,) = check_positive_ints("bits", bits)
         if self.bits > 62:
-            raise ValueError(f"ETA's signatures pack into 63 bits; got bits={bits}")
+            raise ValueError(f"ETA's signatures pack into 62 bits; got bits={bits}")
         self.seed = seed
 
-    def build(self, width):
-        self.hyperplanes = _hyperplanes(self, int(width), self.bits, self.seed)
+    def build(self, widths):
+        widths = [int(w) for w in widths]
+        self.hash = FeatureSimHash(self, widths, _split_bits(self.bits, len(widths)), self.seed)
         self.built = True
 
-    def signatures(self, parts) -> tf.Tensor:
-        return pack_bits(sign_bits(project(parts, self.hyperplanes)))
-
-    def search(self, query, parts, mask, k):
-        query_code = pack_bits(sign_bits(tf.matmul(tf.cast(query, tf.float32), self.hyperplanes)))
-        codes = self.signatures(parts)
+    def search(self, queries, rows, mask, k):
+        query_code = self.hash.of_vectors(queries)
+        codes = self.hash.of_rows(rows)
         distance = tf.cast(tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_xor(codes, query_code[:, None])), tf.int64)
         steps = tf.shape(codes, out_type=tf.int64)[1]
         # Closer first, then more recent (a larger position); exact in float32 up to T ~ 2**24 / 64.
         closeness = (self.bits - distance) * (steps + 1) + tf.range(steps)[None, :] + 1
         score = tf.where(tf.cast(mask, tf.bool), tf.cast(closeness, tf.float32), tf.constant(-1.0))
-        _, top = tf.math.top_k(tf.stop_gradient(score), k=k, sorted=False)
+        _, top = tf.math.top_k(score, k=k, sorted=False)
         return top, distance
 
     def get_config(self):
@@ -128,46 +124,79 @@ class EtaSearch(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="sim_tf")
 class SdimSampler(keras.layers.Layer):
-    """SDIM's hash-based interest: ``rounds`` signatures of ``bits`` hyperplanes each.
+    """SDIM's hash-based interest: ``rounds`` hash functions, each a :class:`FeatureSimHash` signature of
+    ``bits`` hyperplanes per item feature (2 ** (bits x features) buckets).
 
-    ``interest(query [B, D], parts, mask [B, T])`` returns (interest [B, D], mean [B, D]): interest =
-    mean_j normalize(sum over behaviours t with sig_j(k_t) == sig_j(q) of k_t) (an empty bucket gives a zero
-    vector), and the masked mean of the whole long history (one more column of the same pooling). The
-    bucket choice takes no gradient; the pooled behaviours do.
+    ``interest(queries, rows, mask [B, T])`` (the target per feature [B, D_f]; the long history as
+    per-feature TableRows) returns (interest [B, D], average [B, D]):
+
+    * interest = mean_j normalize(s_j), s_j the sum of the behaviours whose round-j signature equals the
+      target's (an empty bucket gives a zero vector): the paper's estimate of target attention;
+    * average = mean_j s_j / n_j, n_j the bucket's size: the same buckets without the normalisation, which
+      keeps what the direction drops (how similar the behaviours are; empty buckets give zeros).
+
+    Only the behaviours in the target's buckets (about rounds / 2 ** (bits x features) of the history) are
+    gathered and pooled; the bucket choice takes no gradient, the pooled behaviours do.
     """
 
     def __init__(self, rounds: int = 4, bits: int = 3, seed: int = 23, **kwargs):
         super().__init__(**kwargs)
         self.rounds, self.bits = check_positive_ints("rounds and bits", (rounds, bits))
-        if self.bits > 30:
-            raise ValueError(f"SDIM's signatures take at most 30 bits per round; got bits={bits}")
         self.seed = seed
 
-    def build(self, width):
-        self.hyperplanes = _hyperplanes(self, int(width), self.rounds * self.bits, self.seed)
+    def build(self, widths):
+        widths = [int(w) for w in widths]
+        if self.rounds * self.bits * len(widths) > 62:
+            raise ValueError(f"SDIM's signatures pack into 62 bits: rounds x bits x item features = "
+                             f"{self.rounds} x {self.bits} x {len(widths)}")
+        # Round j takes bits [j * per_round, (j + 1) * per_round) of one packed signature.
+        self.per_round = self.bits * len(widths)
+        self.hash = FeatureSimHash(self, widths, [self.rounds * self.bits] * len(widths), self.seed)
         self.built = True
 
-    def round_codes(self, projections: tf.Tensor) -> tf.Tensor:
-        """[..., rounds * bits] projections -> [..., rounds] int64 bucket of each round."""
-        bits = sign_bits(projections)
-        shape = tf.concat([tf.shape(bits)[:-1], [self.rounds, self.bits]], axis=0)
-        weights = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.range(self.bits, dtype=tf.int64))
-        return tf.reduce_sum(tf.reshape(bits, shape) * weights, axis=-1)
+    def _rounds_layout(self, codes: tf.Tensor, f: int, features: int) -> tf.Tensor:
+        """Feature f's bits (round j at bits [j * bits, (j + 1) * bits) of its own code) moved to round j's
+        slot of the packed signature, after the earlier features' bits of that round."""
+        out = tf.zeros_like(codes)
+        width = (1 << self.bits) - 1
+        offset = self.hash.offsets[f]
+        for j in range(self.rounds):
+            chunk = tf.bitwise.bitwise_and(tf.bitwise.right_shift(codes, offset + j * self.bits), width)
+            out += tf.bitwise.left_shift(chunk, j * self.per_round + f * self.bits)
+        return out
 
-    def interest(self, query, parts, mask):
-        query_codes = self.round_codes(tf.matmul(tf.cast(query, tf.float32), self.hyperplanes))  # [B, m]
-        codes = self.round_codes(tf.cast(project(parts, self.hyperplanes), tf.float32))  # [B, T, m]
-        mask = tf.cast(mask, tf.float32)
-        same = tf.cast(tf.equal(codes, query_codes[:, None, :]), tf.float32) * mask[:, :, None]
-        counts = tf.reduce_sum(mask, axis=1, keepdims=True)
-        weights = tf.stop_gradient(tf.concat([same, (mask / tf.maximum(counts, 1.0))[:, :, None]], axis=-1))
-        pooled = pool(parts, weights)  # [B, m + 1, D]
-        buckets, mean = pooled[:, :-1], pooled[:, -1]
-        norm = tf.sqrt(tf.reduce_sum(tf.square(tf.cast(buckets, tf.float32)), axis=-1, keepdims=True))
-        # An empty bucket's sum is 0; dividing by max(norm, eps) keeps it 0 and its gradient finite.
-        normalised = tf.cast(buckets, tf.float32) / tf.maximum(norm, 1e-6)
-        interest = tf.reduce_mean(normalised, axis=1)
-        return tf.cast(interest, mean.dtype), mean
+    def signatures(self, queries, rows):
+        """(target [B], behaviours [B, T]) int64 packed signatures of every round; each table is hashed
+        once (all rounds at once) and a behaviour gathers one int64 per feature."""
+        features = len(rows)
+        query = tf.add_n([self._rounds_layout(self.hash._codes(q, f), f, features) for f, q in enumerate(queries)])
+        behaviours = tf.add_n([
+            tf.gather(self._rounds_layout(self.hash._codes(tf.stop_gradient(r.table), f), f, features), r.ids)
+            for f, r in enumerate(rows)])
+        return query, behaviours
+
+    def interest(self, queries, rows, mask):
+        query_code, codes = self.signatures(queries, rows)
+        differ = tf.bitwise.bitwise_xor(codes, query_code[:, None])
+        round_mask = (1 << self.per_round) - 1
+        real = tf.cast(mask, tf.bool)
+        dtype = queries[0].dtype
+        batch = tf.shape(codes, out_type=tf.int64)[0]
+        directions, averages = [], []
+        for j in range(self.rounds):
+            same = tf.equal(tf.bitwise.bitwise_and(tf.bitwise.right_shift(differ, j * self.per_round), round_mask), 0)
+            where = tf.where(same & real)  # [N_j, 2]: (sample, position) of the target's bucket
+            members = tf.concat([tf.cast(tf.gather(r.table, tf.gather_nd(r.ids, where)), dtype) for r in rows], axis=-1)
+            total = tf.math.unsorted_segment_sum(members, where[:, 0], batch)  # [B, D]
+            count = tf.math.unsorted_segment_sum(tf.ones_like(where[:, :1], tf.float32), where[:, 0], batch)
+            total32 = tf.cast(total, tf.float32)
+            norm = tf.sqrt(tf.reduce_sum(tf.square(total32), axis=-1, keepdims=True))
+            # An empty bucket's sum is 0; dividing by max(norm, eps) keeps it 0 and its gradient finite.
+            directions.append(total32 / tf.maximum(norm, 1e-6))
+            averages.append(total32 / tf.maximum(count, 1.0))
+        interest = tf.add_n(directions) / self.rounds
+        average = tf.add_n(averages) / self.rounds
+        return tf.cast(interest, dtype), tf.cast(average, dtype)
 
     def get_config(self):
         return {**super().get_config(), "rounds": self.rounds, "bits": self.bits, "seed": self.seed}
@@ -230,7 +259,7 @@ class TwinAttention(keras.layers.Layer):
         k_weights = tf.reshape(tf.cast(self.w_key, dtype), [-1, self.heads, self.head_dim])  # [D, H, d]
         direction = tf.einsum("bhd,ehd->be", q, k_weights) / (self.heads * math.sqrt(self.head_dim))  # [B, D]
         directions = tf.split(direction, part_widths(parts), axis=-1)
-        scores = tf.add_n([p.scores(u) if isinstance(p, SmallVocabularyKeys) else tf.einsum("btd,bd->bt", p, u)
+        scores = tf.add_n([p.scores(u) if isinstance(p, TableRows) else tf.einsum("btd,bd->bt", p, u)
                            for p, u in zip(parts, directions)])
         scores += tf.cast(tf.reduce_mean(tf.gather(self.age_bias, ages), axis=-1), scores.dtype)
         return tf.where(tf.cast(mask, tf.bool), scores, tf.constant(scores.dtype.min, scores.dtype))

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from sim_tf.data import inputs as keys
 from sim_tf.data import feature_spec as fs
-from sim_tf.layers.core import (ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, SmallVocabularyKeys,
+from sim_tf.layers.core import (ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, TableRows,
                                 masked_mean)
 from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
 from sim_tf.layers.long_sequence import EtaSearch, SdimSampler, TwinAttention, age_buckets
@@ -49,7 +49,7 @@ class ModelConfig:
     gsu: str = "soft"
     hash_bits: int = 32  # ETA's SimHash signature
     sdim_rounds: int = 4  # SDIM's hash functions ...
-    sdim_bits: int = 3  # ... and hyperplanes per function (2**bits buckets)
+    sdim_bits: int = 3  # ... and hyperplanes per function and item feature
     twin_heads: int = 4  # TWIN's attention heads (each of embedding_dim width)
 
     def __post_init__(self):
@@ -71,8 +71,8 @@ class ModelConfig:
         for name in ("hash_bits", "sdim_rounds", "sdim_bits", "twin_heads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.hash_bits > 62 or self.sdim_bits > 30:
-            raise ValueError(f"hash_bits must be at most 62 and sdim_bits at most 30, got {self.hash_bits}, {self.sdim_bits}")
+        if self.hash_bits > 62:
+            raise ValueError(f"hash_bits must be at most 62, got {self.hash_bits}")
 
     @property
     def gru_units(self) -> int:
@@ -284,9 +284,11 @@ class SIM(_DienBlock, CtrModel):
             self.stage_one_head.build((None, 2 * self.item_width + self.user_width))
         if hasattr(self, "esu_attention"):
             self.esu_attention.build((None, None, self.item_width))
-        for unit in ("eta", "sdim", "twin"):
+        for unit in ("eta", "sdim"):
             if hasattr(self, unit):
-                getattr(self, unit).build(self.item_width)
+                getattr(self, unit).build([self.config.embedding_dim] * len(self.item_tables))
+        if hasattr(self, "twin"):
+            self.twin.build(self.item_width)
         self._build_dien_layers()
         self.head.build((None, 3 * self.item_width + self.config.gru_units + self.user_width))
         self.built = True
@@ -315,7 +317,7 @@ class SIM(_DienBlock, CtrModel):
 
         * Dot-product attention reads the history feature by feature, never concatenating it, and a
           small table (at most ``small_vocabulary_rows`` rows, fewer than the positions: categories) is
-          scored and pooled per id (SmallVocabularyKeys) instead of gathered per position.
+          scored and pooled per id (TableRows) instead of gathered per position.
         * The k chosen behaviours are embedded again instead of gathered from the long history's
           embeddings: the same values, but their gradient goes to the tables' rows directly, so the backward
           pass never builds a [B, T, D] gradient for the selection, nor sorts twice.
@@ -336,7 +338,7 @@ class SIM(_DienBlock, CtrModel):
     def _long_parts(self, long_ids, sources) -> list:
         """The long history as parts (see AttentionPooling.call_parts): a small table's ids stay ids."""
         steps = long_ids[0].shape[1] or 0
-        return [SmallVocabularyKeys(tf.cast(source, table.compute_dtype), ids)
+        return [TableRows(tf.cast(source, table.compute_dtype), ids)
                 if table.rows <= self.small_vocabulary_rows and steps > table.rows else table.lookup(ids, source)
                 for table, ids, source in zip(self.item_tables, long_ids, sources)]
 
@@ -346,19 +348,24 @@ class SIM(_DienBlock, CtrModel):
         return items, tf.cast(tf.gather(mask, top, batch_dims=1), items.dtype)
 
     def _successor(self, query, features, sources):
-        """(attended, mean) of the long history under ETA, SDIM or TWIN (sim_tf/layers/long_sequence.py)."""
+        """(attended, mean) of the long history under ETA, SDIM or TWIN (sim_tf/layers/long_sequence.py).
+
+        The hashes (ETA, SDIM) hash every table row once per step and a behaviour gathers its rows'
+        signatures (TableRows, long_sequence.FeatureSimHash): 8 bytes a feature, no embedding."""
         gsu = self.config.gsu
         long_ids = features[keys.LONG_HISTORY]
         mask = features[keys.LONG_MASK]
-        parts = self._long_parts(long_ids, sources)
+        rows = [TableRows(source, ids) for ids, source in zip(long_ids, sources)]
+        queries = tf.split(query, len(self.item_tables), axis=-1)
         if gsu == "sdim":
-            return self.sdim.interest(query, parts, mask)
+            return self.sdim.interest(queries, rows, mask)
         k = tf.minimum(self.config.top_k, tf.shape(long_ids[0])[1])
         if gsu == "eta":
-            top, _ = self.eta.search(query, parts, mask, k)
+            top, _ = self.eta.search(queries, rows, mask, k)
             items, top_mask = self._embed_chosen(long_ids, mask, top, sources)
             attended, _ = self.esu_attention(query, items, top_mask)
             return attended, masked_mean(items, top_mask)
+        parts = self._long_parts(long_ids, sources)
         ages = age_buckets(tf.shape(long_ids[0])[1])
         _, top = tf.math.top_k(self.twin.gsu_scores(query, parts, mask, ages[None, :]), k=k, sorted=False)
         items, top_mask = self._embed_chosen(long_ids, mask, top, sources)

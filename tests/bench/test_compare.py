@@ -134,3 +134,18 @@ def test_command_prints_the_table_and_writes_json(tmp_path):
     none = subprocess.run([sys.executable, "-m", "sim_tf", "benchmark-compare"], capture_output=True, text=True,
                           timeout=120)
     assert none.returncode == 1 and "got 0 argument(s)" in none.stderr
+
+
+def test_search_units_pair_by_seed_within_the_same_history_only():
+    def case(gsu, history, runs):
+        return {"case": {"model": "sim", "preset": "lifelong", "mode": "auc", "config": "fp32", "gsu": gsu,
+                         "long_history": history}, "result": {}, "runs": runs}
+
+    soft = [_run(0, 0.70), _run(1, 0.72)]
+    report = {"results": [case("soft", 1000, soft), case("twin", 1000, [_run(1, 0.75), _run(0, 0.71)]),
+                          case("eta", 100, [_run(0, 0.9), _run(1, 0.9)])]}
+    (c,) = bench_compare.compare_search_units(report, "soft")  # eta has no soft run at 100: not compared
+    assert (c.base, c.new) == ("fp32 soft 1,000", "fp32 twin 1,000")
+    assert c.auc_differences == pytest.approx((0.01, 0.03))
+    with pytest.raises(UserError, match="needs search unit 'hard'"):
+        bench_compare.compare_search_units(report, "hard")

@@ -336,7 +336,7 @@ def test_attention_over_feature_parts_equals_attention_over_their_concatenation(
     computes on the concatenated keys: scores, pool and their gradients."""
     import tensorflow as tf
 
-    from sim_tf.layers.core import AttentionPooling, SmallVocabularyKeys
+    from sim_tf.layers.core import AttentionPooling, TableRows
 
     rng = np.random.default_rng(0)
     big = tf.constant(rng.normal(size=(40, 3)), tf.float32)
@@ -349,7 +349,7 @@ def test_attention_over_feature_parts_equals_attention_over_their_concatenation(
     with tf.GradientTape(persistent=True) as tape:
         keys = tf.concat([tf.gather(big, ids_big), tf.gather(small, ids_small)], axis=-1)
         want, want_scores = attention(query, keys, mask)
-        got, got_scores = attention.call_parts(query, [tf.gather(big, ids_big), SmallVocabularyKeys(small, ids_small)], mask)
+        got, got_scores = attention.call_parts(query, [tf.gather(big, ids_big), TableRows(small, ids_small)], mask)
         loss_want, loss_got = tf.reduce_sum(want ** 2), tf.reduce_sum(got ** 2)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5)

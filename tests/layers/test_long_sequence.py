@@ -5,38 +5,46 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sim_tf.layers.core import SmallVocabularyKeys
+from sim_tf.layers.core import TableRows
 from sim_tf.layers.long_sequence import EtaSearch, SdimSampler, TwinAttention, age_buckets, behaviour_vectors
 
 B, T, E = 3, 11, 4
 
 
-def parts_and_vectors(seed=0, small_rows=5):
+def parts_and_vectors(seed=0, small_rows=5, big_rows=40):
+    """The long history as parts (a gathered feature and a TableRows one), as TableRows for hashing, and
+    as plain vectors per feature (numpy) for the brute force."""
     rng = np.random.default_rng(seed)
-    items = tf.constant(rng.normal(size=(B, T, E)), tf.float32)
-    table = tf.constant(rng.normal(size=(small_rows, E)), tf.float32)
-    ids = tf.constant(rng.integers(0, small_rows, (B, T)), tf.int32)
-    parts = [items, SmallVocabularyKeys(table, ids)]
-    return parts, behaviour_vectors(parts).numpy(), rng
+    big = tf.constant(rng.normal(size=(big_rows, E)), tf.float32)
+    small = tf.constant(rng.normal(size=(small_rows, E)), tf.float32)
+    big_ids = tf.constant(rng.integers(0, big_rows, (B, T)), tf.int32)
+    small_ids = tf.constant(rng.integers(0, small_rows, (B, T)), tf.int32)
+    parts = [tf.gather(big, big_ids), TableRows(small, small_ids)]
+    rows = [TableRows(big, big_ids), TableRows(small, small_ids)]
+    per_feature = [tf.gather(big, big_ids).numpy(), tf.gather(small, small_ids).numpy()]
+    return parts, rows, per_feature, rng
 
 
-def signs(x, planes):
-    return (x @ planes > 0).astype(np.int64)
+def signature(vectors, planes):
+    """Brute force: the concatenated sign bits of every feature, as a tuple."""
+    return tuple(b for v, p in zip(vectors, planes) for b in (v @ p > 0).astype(int))
 
 
 def test_simhash_signatures_and_hamming_top_k_match_a_brute_force():
-    parts, vectors, rng = parts_and_vectors()
-    query = tf.constant(rng.normal(size=(B, 2 * E)), tf.float32)
+    parts, rows, per_feature, rng = parts_and_vectors()
+    queries = [tf.constant(rng.normal(size=(B, E)), tf.float32) for _ in range(2)]
     mask = np.ones((B, T), np.float32)
     mask[0, :4] = 0  # left padding
     eta = EtaSearch(bits=7, seed=3)
-    eta.build(2 * E)
-    planes = eta.hyperplanes.numpy()
+    eta.build([E, E])
+    planes = [p.numpy() for p in eta.hash.planes]
+    assert [p.shape[1] for p in planes] == [4, 3]  # 7 bits shared out over two features
     k = 4
-    top, distance = eta.search(query, parts, tf.constant(mask), k)
+    top, distance = eta.search(queries, rows, tf.constant(mask), k)
     for b in range(B):
-        q_bits = signs(query.numpy()[b], planes)
-        want_distance = [int(np.sum(signs(vectors[b, t], planes) != q_bits)) for t in range(T)]
+        q_sig = signature([q.numpy()[b] for q in queries], planes)
+        want_distance = [sum(x != y for x, y in zip(signature([f[b, t] for f in per_feature], planes), q_sig))
+                         for t in range(T)]
         assert distance[b].numpy().tolist() == want_distance
         # Real behaviours only, closest first, ties to the more recent one.
         order = sorted((t for t in range(T) if mask[b, t]), key=lambda t: (want_distance[t], -t))
@@ -44,31 +52,36 @@ def test_simhash_signatures_and_hamming_top_k_match_a_brute_force():
 
 
 def test_sdim_interest_is_the_mean_over_rounds_of_normalised_bucket_sums():
-    parts, vectors, rng = parts_and_vectors(seed=1)
-    query = tf.constant(rng.normal(size=(B, 2 * E)), tf.float32)
+    _, rows, per_feature, rng = parts_and_vectors(seed=1)
+    queries = [tf.constant(rng.normal(size=(B, E)), tf.float32) for _ in range(2)]
     mask = np.ones((B, T), np.float32)
     mask[1, :6] = 0
-    sdim = SdimSampler(rounds=3, bits=2, seed=5)
-    sdim.build(2 * E)
-    planes = sdim.hyperplanes.numpy()
-    interest, mean = sdim.interest(query, parts, tf.constant(mask))
+    rounds, bits = 3, 2
+    sdim = SdimSampler(rounds=rounds, bits=bits, seed=5)
+    sdim.build([E, E])
+    interest, average = sdim.interest(queries, rows, tf.constant(mask))
+    vectors = np.concatenate(per_feature, axis=-1)
+    planes = [p.numpy() for p in sdim.hash.planes]
     for b in range(B):
-        want = np.zeros(2 * E)
-        for j in range(3):
-            cols = slice(2 * j, 2 * j + 2)
-            q_code = tuple(signs(query.numpy()[b], planes[:, cols]))
-            total = np.zeros(2 * E)
+        want_interest, want_average = np.zeros(2 * E), np.zeros(2 * E)
+        for j in range(rounds):
+            round_planes = [p[:, j * bits:(j + 1) * bits] for p in planes]
+            q_sig = signature([q.numpy()[b] for q in queries], round_planes)
+            total, count = np.zeros(2 * E), 0
             for t in range(T):  # brute force: every behaviour, one by one
-                if mask[b, t] and tuple(signs(vectors[b, t], planes[:, cols])) == q_code:
+                if mask[b, t] and signature([f[b, t] for f in per_feature], round_planes) == q_sig:
                     total += vectors[b, t]
+                    count += 1
             norm = np.linalg.norm(total)
-            want += total / norm if norm > 0 else total
-        np.testing.assert_allclose(interest[b], want / 3, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(mean[b], vectors[b][mask[b] > 0].mean(axis=0), rtol=1e-5, atol=1e-6)
+            want_interest += total / norm if norm > 0 else total
+            want_average += total / max(count, 1)
+        np.testing.assert_allclose(interest[b], want_interest / rounds, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(average[b], want_average / rounds, rtol=1e-5, atol=1e-6)
 
 
 def test_twin_gsu_scores_equal_the_esus_mean_logits_on_the_same_behaviours():
-    parts, vectors, rng = parts_and_vectors(seed=2)
+    parts, _, per_feature, rng = parts_and_vectors(seed=2)
+    vectors = np.concatenate(per_feature, axis=-1)
     query = tf.constant(rng.normal(size=(B, 2 * E)), tf.float32)
     twin = TwinAttention(heads=3, head_dim=5)
     twin.build(2 * E)
@@ -84,22 +97,24 @@ def test_twin_gsu_scores_equal_the_esus_mean_logits_on_the_same_behaviours():
 @pytest.mark.parametrize("unit", ["eta", "sdim", "twin"])
 def test_padding_does_not_change_what_a_unit_computes(unit):
     """More left padding (masked positions, whatever their ids) leaves the outputs unchanged."""
-    parts, vectors, rng = parts_and_vectors(seed=4)
+    parts, rows, _, rng = parts_and_vectors(seed=4)
     query = tf.constant(rng.normal(size=(B, 2 * E)), tf.float32)
+    queries = tf.split(query, 2, axis=-1)
     pad = 6
-    padded = [tf.concat([tf.constant(rng.normal(size=(B, pad, E)), tf.float32), parts[0]], axis=1),
-              SmallVocabularyKeys(parts[1].table, tf.concat([tf.zeros((B, pad), tf.int32), parts[1].ids], axis=1))]
+    padded_ids = [tf.concat([tf.zeros((B, pad), tf.int32), r.ids], axis=1) for r in rows]
+    padded_rows = [TableRows(r.table, i) for r, i in zip(rows, padded_ids)]
+    padded = [tf.gather(rows[0].table, padded_ids[0]), padded_rows[1]]
     mask, padded_mask = tf.ones((B, T)), tf.concat([tf.zeros((B, pad)), tf.ones((B, T))], axis=1)
     if unit == "eta":
         eta = EtaSearch(bits=9)
-        eta.build(2 * E)
-        top, _ = eta.search(query, parts, mask, 4)
-        top_padded, _ = eta.search(query, padded, padded_mask, 4)
+        eta.build([E, E])
+        top, _ = eta.search(queries, rows, mask, 4)
+        top_padded, _ = eta.search(queries, padded_rows, padded_mask, 4)
         assert np.array_equal(np.sort(top.numpy(), 1), np.sort(top_padded.numpy(), 1) - pad)
     elif unit == "sdim":
         sdim = SdimSampler()
-        sdim.build(2 * E)
-        for a, b in zip(sdim.interest(query, parts, mask), sdim.interest(query, padded, padded_mask)):
+        sdim.build([E, E])
+        for a, b in zip(sdim.interest(queries, rows, mask), sdim.interest(queries, padded_rows, padded_mask)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     else:
         twin = TwinAttention(heads=2, head_dim=3)
