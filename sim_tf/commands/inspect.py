@@ -23,7 +23,18 @@ flags.mark_flag_as_required("dataset_dir")
 
 
 def describe(spec: fs.FeatureSpec, long_seq_length: int) -> list[str]:
-    lines = [f"feature spec: {spec.base_directory}", f"history length L: {spec.history_length}"]
+    lines = [f"feature spec: {spec.base_directory}"]
+    if spec.store is None:
+        lines.append(f"history length L: {spec.history_length}")
+    else:
+        from sim_tf.data.behavior_store import BehaviorStore
+
+        store = BehaviorStore.load(spec.store.file)
+        per_user = np.diff(store.offsets)[1:]
+        lines.append(f"behaviour store {spec.store.file}: {store.num_users:,} users, {int(store.offsets[-1]):,} "
+                     f"behaviours, {per_user.min():,}-{per_user.max():,} per user; samples reference "
+                     f"{spec.store.user} at {spec.store.position}; recent history S: {spec.history_length}, the "
+                     f"long one before it up to --max_long_history (docs/data.md)")
     for name, card in zip(spec.user_features, spec.user_cardinalities):
         lines.append(f"user feature {name}: cardinality {card:,}")
     for group in spec.item_groups:
@@ -47,6 +58,7 @@ def describe(spec: fs.FeatureSpec, long_seq_length: int) -> list[str]:
         lines.append(
             f"first test batch: {label.shape[0]} samples, click rate {label.numpy().mean():.3f}, "
             f"history length min/mean/max {lengths.min():.0f}/{lengths.mean():.1f}/{lengths.max():.0f}"
+            + (" (long window of the default --max_long_history)" if spec.store is not None else "")
         )
     return lines
 

@@ -257,23 +257,30 @@ def negative_rows(users, ends, length: int, total: int) -> tf.Tensor:
     return x % max(1, total)
 
 
-def check_samples(tensors: StoreTensors, users: tf.Tensor, ends: tf.Tensor) -> tf.Tensor:
-    """An assertion that every sample names a user of the store and a position inside its history; the
-    message (read back by inputs.explain_data_error) names the first sample that does not."""
+def check_samples(tensors: StoreTensors, users: tf.Tensor, ends: tf.Tensor) -> list:
+    """Assertions that every sample names a user of the store and a position inside its history; the
+    messages (read back by inputs.explain_data_error) name the first sample that does not."""
     users = tf.cast(users, tf.int64)
     ends = tf.cast(ends, tf.int64)
     known = (users >= 1) & (users <= tensors.num_users)
-    safe = tf.where(known, users, tf.ones_like(users))
-    available = tf.gather(tensors.offsets, safe + 1) - tf.gather(tensors.offsets, safe)
-    good = known & (ends >= 0) & (ends <= available)
-    first = tf.argmin(tf.cast(good, tf.int32))
-    return tf.debugging.Assert(
-        tf.reduce_all(good),
-        ["a sample references user", tf.gather(users, first), "at history position", tf.gather(ends, first),
-         "but the behaviour store holds", tf.where(tf.gather(known, first), tf.gather(available, first), -1),
-         f"behaviours for it (-1: no such user; the store has users 1..{tensors.num_users}) - the samples and "
-         "the store were not written together; rewrite them together"],
-        name="check_store_references")
+    stranger = tf.gather(users, tf.argmin(tf.cast(known, tf.int32)))
+    check_users = tf.debugging.Assert(
+        tf.reduce_all(known),
+        ["a sample references user", stranger, f"but the behaviour store has users 1..{tensors.num_users} only - "
+         "the samples and the store were not written together; rewrite them together"],
+        name="check_store_users")
+    with tf.control_dependencies([check_users]):
+        safe = tf.where(known, users, tf.ones_like(users))
+        available = tf.gather(tensors.offsets, safe + 1) - tf.gather(tensors.offsets, safe)
+        good = (ends >= 0) & (ends <= available)
+        first = tf.argmin(tf.cast(good, tf.int32))
+        check_positions = tf.debugging.Assert(
+            tf.reduce_all(good),
+            ["a sample references user", tf.gather(users, first), "at history position", tf.gather(ends, first),
+             "but the behaviour store holds", tf.gather(available, first), "behaviours for that user - the samples "
+             "and the store were not written together; rewrite them together"],
+            name="check_store_positions")
+    return [check_users, check_positions]
 
 
 def long_length(gsu: str, max_long_history: int, top_k: int) -> int:
@@ -301,7 +308,7 @@ def store_inputs(parsed: dict, tensors: StoreTensors, spec, gsu: str, max_long_h
     targets = tuple(ids(n) for n in spec.target_item_features)
     store_user = tf.reshape(parsed[section.user], [-1])
     ends = tf.reshape(parsed[section.position], [-1])
-    with tf.control_dependencies([check_samples(tensors, store_user, ends)]):
+    with tf.control_dependencies(check_samples(tensors, store_user, ends)):
         store_user = tf.identity(tf.cast(store_user, tf.int64))
     ends = tf.cast(ends, tf.int64)
     base = tf.gather(tensors.offsets, store_user)

@@ -18,7 +18,6 @@ import tensorflow as tf
 from sim_tf.data import behavior_store
 from sim_tf.data import feature_spec as fs
 from sim_tf.data.inputs import DataError, explain_data_error, model_inputs
-from sim_tf.models import GSU_KINDS
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -49,7 +48,9 @@ class InputOptions:
     # The negative history feeds DIEN's auxiliary loss only; prediction skips parsing it (a third of the
     # parsing work), and its SHORT_NEG_HISTORY is then an empty tuple.
     negative_history: bool = True
-    # Store-backed datasets only (FeatureSpec behavior_store): the search unit and the long history's size.
+    # Store-backed datasets only (FeatureSpec behavior_store): the long history's size, and the search unit:
+    # "hard" selects behaviours here, in the pipeline; every other one (sim_tf.models.GSU_KINDS) is handed
+    # the whole window.
     gsu: str = "soft"
     max_long_history: int = 1000
     top_k: int = 50
@@ -61,8 +62,8 @@ class InputOptions:
             raise ValueError(f"out_of_range must be one of {fs.OUT_OF_RANGE_POLICIES}, got {self.out_of_range!r}")
         if self.prebatch_size is not None and self.prebatch_size < 1:
             raise ValueError(f"prebatch_size must be >= 1, got {self.prebatch_size}")
-        if self.gsu not in GSU_KINDS:
-            raise ValueError(f"gsu must be one of {GSU_KINDS}, got {self.gsu!r}")
+        if not isinstance(self.gsu, str) or not self.gsu:
+            raise ValueError(f"gsu must name a search unit, got {self.gsu!r}")
         if self.top_k < 1 or self.max_long_history < 1:
             raise ValueError(f"top_k and max_long_history must be >= 1, got {self.top_k}, {self.max_long_history}")
 

@@ -1,6 +1,7 @@
 """Store-backed (lifelong) datasets end to end: the writer, the pipeline against the padded format, the
 planted signal's age, training with either search unit, and serving parity."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -136,3 +137,43 @@ def test_bad_flags_and_specs_for_store_datasets_are_named(lifelong, tiny_dataset
     raw["behavior_store"]["file"] = "missing.npz"
     with pytest.raises(fs.FeatureSpecError, match="behaviour store .*missing.npz' does not exist"):
         fs.FeatureSpec.from_dict(raw, lifelong.base_directory)
+
+
+def test_a_store_that_no_longer_matches_its_samples_stops_training_with_one_message(lifelong, tmp_path):
+    """Samples drawn at positions the (rewritten) store no longer holds: a DataError naming the user and
+    the position, before any step is trained on a broken history; broken stores are named at load."""
+    import shutil
+
+    from sim_tf.data.inputs import DataError
+    from sim_tf.models.models import ModelConfig
+    from sim_tf.train import train_lib
+    from sim_tf.train.config import TrainConfig
+
+    folder = tmp_path / "data"
+    shutil.copytree(lifelong.base_directory, folder)
+    store = bs.BehaviorStore.load(str(folder / tw.STORE_FILE))
+    keep = store.offsets[:-1] + np.minimum(np.diff(store.offsets), 100)  # every user's first 100 behaviours
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(store.offsets[:-1], keep)])
+    short = bs.BehaviorStore(np.concatenate([[0], np.cumsum(keep - store.offsets[:-1])]),
+                             {k: v[rows] for k, v in store.features.items()}, store.timestamps[rows])
+    short.save(str(folder / tw.STORE_FILE))
+    config = TrainConfig(dataset_dir=str(folder), global_batch_size=256, epochs=1, max_long_history=LONG,
+                         model=ModelConfig(embedding_dim=4, top_k=16), results_dir=str(tmp_path / "run"))
+    bs._LOADED.clear()
+    with pytest.raises(DataError, match=r"a sample references user \d+ at history position \d+ but the behaviour "
+                                        r"store holds 100 behaviours for that user"):
+        train_lib.run_mode(train_lib.create_trainer(config, echo=None))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+    backwards = bs.BehaviorStore(short.offsets, short.features, short.timestamps[::-1].copy())
+    backwards.save(str(folder / tw.STORE_FILE))
+    bs._LOADED.clear()
+    with pytest.raises(DataError, match="timestamps go back in time"):
+        train_lib.run_mode(train_lib.create_trainer(dataclasses.replace(config, results_dir=str(tmp_path / "r2")), echo=None))
+    ids = dict(short.features)
+    ids["item_feat_1"] = ids["item_feat_1"].copy()
+    ids["item_feat_1"][3] = SMALL.categories + 5
+    bs.BehaviorStore(short.offsets, ids, short.timestamps).save(str(folder / tw.STORE_FILE))
+    bs._LOADED.clear()
+    with pytest.raises(DataError, match=f"array 'item_feat_1' holds id {SMALL.categories + 5} outside 1..{SMALL.categories}"):
+        train_lib.run_mode(train_lib.create_trainer(dataclasses.replace(config, results_dir=str(tmp_path / "r3")), echo=None))
