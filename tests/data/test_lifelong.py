@@ -177,3 +177,21 @@ def test_a_store_that_no_longer_matches_its_samples_stops_training_with_one_mess
     bs._LOADED.clear()
     with pytest.raises(DataError, match=f"array 'item_feat_1' holds id {SMALL.categories + 5} outside 1..{SMALL.categories}"):
         train_lib.run_mode(train_lib.create_trainer(dataclasses.replace(config, results_dir=str(tmp_path / "r3")), echo=None))
+
+
+def test_two_replicas_mixed_precision_and_a_checkpoint_on_a_store_dataset(lifelong, tmp_path, gsu="hard"):
+    """MirroredStrategy over two CPU replicas with --amp trains on store-backed data; evaluating the saved
+    checkpoint reproduces the run's own test AUC."""
+    from sim_tf.models.models import ModelConfig
+    from sim_tf.train import train_lib
+    from sim_tf.train.config import TrainConfig
+
+    config = TrainConfig(dataset_dir=lifelong.base_directory, global_batch_size=256, epochs=1, max_long_history=LONG,
+                         model=ModelConfig(embedding_dim=4, top_k=16, gsu=gsu), results_dir=str(tmp_path / "run"),
+                         seed=2, strategy="mirrored", cpu_replicas=2, amp=True,
+                         save_checkpoint_path=str(tmp_path / "ckpt"))
+    trained = train_lib.run_mode(train_lib.create_trainer(config, echo=None))
+    evaluated = train_lib.run_mode(train_lib.create_trainer(dataclasses.replace(
+        config, mode="evaluate", results_dir=str(tmp_path / "eval"), load_checkpoint_path=str(tmp_path / "ckpt"),
+        save_checkpoint_path=""), echo=None))
+    assert evaluated["test_auc"] == pytest.approx(trained["test_auc"], abs=1e-6)

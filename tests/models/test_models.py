@@ -255,13 +255,16 @@ def test_sims_successors_train_in_float32_and_mixed_precision(gsu, build, make_f
     for var, grad in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables)):
         assert grad is not None, var.path
     optimizer = keras.optimizers.Adam(0.01)
-    ctr = []
-    for _ in range(100):
+
+    @tf.function
+    def step():
         with tf.GradientTape() as tape:
             outputs = model(features, training=True)
             loss = total_loss(outputs, labels)
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        ctr.append(float(losses.loss_terms(outputs, labels).ctr_sum) / 32)
+        return losses.loss_terms(outputs, labels).ctr_sum / 32
+
+    ctr = [float(step()) for _ in range(100)]
     assert ctr[-1] < 0.1 * ctr[0], (ctr[0], ctr[-1])
     mixed = build("sim", config, policy="mixed_bfloat16")
     mixed.set_weights(model.get_weights())
