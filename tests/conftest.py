@@ -94,7 +94,7 @@ def build():
 
 # Modules whose tests start subprocesses or train end to end; everything else (layer maths, models, data,
 # the task and loop pieces) runs first, so a broken core fails within seconds.
-_SLOW_MODULES = ("test_cli.py", "test_docs.py", "test_suite.py", "test_export.py", "test_trainer.py",
+_SLOW_MODULES = ("test_cli.py", "test_docs.py", "test_suite.py", "test_export.py", "test_trainer.py", "test_lifelong.py",
                  "test_distribute.py", "test_launch.py", "test_faults.py")
 
 

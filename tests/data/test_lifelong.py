@@ -179,19 +179,25 @@ def test_a_store_that_no_longer_matches_its_samples_stops_training_with_one_mess
         train_lib.run_mode(train_lib.create_trainer(dataclasses.replace(config, results_dir=str(tmp_path / "r3")), echo=None))
 
 
-def test_two_replicas_mixed_precision_and_a_checkpoint_on_a_store_dataset(lifelong, tmp_path, gsu="hard"):
-    """MirroredStrategy over two CPU replicas with --amp trains on store-backed data; evaluating the saved
+def test_two_replicas_mixed_precision_and_a_checkpoint_on_a_store_dataset(lifelong, tmp_path):
+    """`sim-tf train` with MirroredStrategy over two CPU replicas and --amp on store-backed data (hard
+    search, a subprocess: the CPU must be split before TensorFlow starts); `sim-tf evaluate` of the saved
     checkpoint reproduces the run's own test AUC."""
-    from sim_tf.models.models import ModelConfig
-    from sim_tf.train import train_lib
-    from sim_tf.train.config import TrainConfig
+    import json
+    import subprocess
+    import sys
 
-    config = TrainConfig(dataset_dir=lifelong.base_directory, global_batch_size=256, epochs=1, max_long_history=LONG,
-                         model=ModelConfig(embedding_dim=4, top_k=16, gsu=gsu), results_dir=str(tmp_path / "run"),
-                         seed=2, strategy="mirrored", cpu_replicas=2, amp=True,
-                         save_checkpoint_path=str(tmp_path / "ckpt"))
-    trained = train_lib.run_mode(train_lib.create_trainer(config, echo=None))
-    evaluated = train_lib.run_mode(train_lib.create_trainer(dataclasses.replace(
-        config, mode="evaluate", results_dir=str(tmp_path / "eval"), load_checkpoint_path=str(tmp_path / "ckpt"),
-        save_checkpoint_path=""), echo=None))
+    def run(command, results, *extra):
+        args = [sys.executable, "-m", "sim_tf", command, f"--dataset_dir={lifelong.base_directory}",
+                f"--results_dir={results}", "--gsu=hard", f"--max_long_history={LONG}", "--top_k=16",
+                "--embedding_dim=4", "--global_batch_size=256", "--seed=2", "--strategy=mirrored",
+                "--cpu_replicas=2", "--amp", *extra]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        assert done.returncode == 0, done.stdout + done.stderr
+        with open(os.path.join(results, "log.json")) as f:
+            return [json.loads(line) for line in f if '"summary"' in line][-1]
+
+    trained = run("train", tmp_path / "run", "--epochs=1", f"--save_checkpoint_path={tmp_path / 'ckpt'}")
+    evaluated = run("evaluate", tmp_path / "eval", f"--load_checkpoint_path={tmp_path / 'ckpt'}")
     assert evaluated["test_auc"] == pytest.approx(trained["test_auc"], abs=1e-6)
