@@ -179,17 +179,18 @@ def test_a_store_that_no_longer_matches_its_samples_stops_training_with_one_mess
         train_lib.run_mode(train_lib.create_trainer(dataclasses.replace(config, results_dir=str(tmp_path / "r3")), echo=None))
 
 
-def test_two_replicas_mixed_precision_and_a_checkpoint_on_a_store_dataset(lifelong, tmp_path):
-    """`sim-tf train` with MirroredStrategy over two CPU replicas and --amp on store-backed data (hard
-    search, a subprocess: the CPU must be split before TensorFlow starts); `sim-tf evaluate` of the saved
-    checkpoint reproduces the run's own test AUC."""
+@pytest.mark.parametrize("gsu", ["hard", "eta"])
+def test_two_replicas_mixed_precision_and_a_checkpoint_on_a_store_dataset(lifelong, tmp_path, gsu):
+    """`sim-tf train` with MirroredStrategy over two CPU replicas and --amp on store-backed data (a
+    subprocess: the CPU must be split before TensorFlow starts); `sim-tf evaluate` of the saved checkpoint
+    reproduces the run's own test AUC (for ETA: its fixed hyperplanes are saved and restored too)."""
     import json
     import subprocess
     import sys
 
     def run(command, results, *extra):
         args = [sys.executable, "-m", "sim_tf", command, f"--dataset_dir={lifelong.base_directory}",
-                f"--results_dir={results}", "--gsu=hard", f"--max_long_history={LONG}", "--top_k=16",
+                f"--results_dir={results}", f"--gsu={gsu}", f"--max_long_history={LONG}", "--top_k=16",
                 "--embedding_dim=4", "--global_batch_size=256", "--seed=2", "--strategy=mirrored",
                 "--cpu_replicas=2", "--amp", *extra]
         done = subprocess.run(args, capture_output=True, text=True, timeout=600,
