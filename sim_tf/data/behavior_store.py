@@ -23,6 +23,10 @@ A worker holds the whole store in memory (Amazon Books' 22.5M reviews x 2 featur
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
+import zipfile
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -88,12 +92,16 @@ class BehaviorStore:
     @classmethod
     def load(cls, path, where: str | None = None) -> "BehaviorStore":
         """Reads a store written by :meth:`save` (a path or a binary file object) and validates it."""
-        with np.load(path, allow_pickle=False) as data:
-            for needed in ("offsets", "timestamps"):
-                if needed not in data.files:
-                    raise DataError(f"{where or path}: not a behaviour store (no {needed!r} array)")
-            features = {key.split(":", 1)[1]: data[key] for key in data.files if key.startswith("feature:")}
-            store = cls(data["offsets"].astype(np.int64), features, data["timestamps"].astype(np.int64))
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                for needed in ("offsets", "timestamps"):
+                    if needed not in data.files:
+                        raise DataError(f"{where or path}: not a behaviour store (no {needed!r} array)")
+                features = {key.split(":", 1)[1]: data[key] for key in data.files if key.startswith("feature:")}
+                store = cls(data["offsets"].astype(np.int64), features, data["timestamps"].astype(np.int64))
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as e:
+            raise DataError(f"{where or path} is not a readable behaviour store (truncated, or not written by "
+                            f"sim-tf: {e}); write it again") from None
         store.validate(where or str(path))
         return store
 
@@ -154,19 +162,12 @@ def load_for_spec(spec) -> StoreTensors:
     """The store of a store-backed FeatureSpec, checked against it (arrays present, ids inside the
     cardinalities, or mapped to the OOV row under ``out_of_range_ids: oov``), loaded once per process."""
     section = spec.store
-    import os
-
     stamp = os.stat(section.file).st_mtime_ns if "://" not in section.file else 0
     key = (section.file, stamp, section.arrays, section.category, spec.out_of_range_ids,
            tuple(g.cardinality for g in spec.item_groups))
     if key not in _LOADED:
         with tf.io.gfile.GFile(section.file, "rb") as f:
-            import io
-
-            try:
-                store = BehaviorStore.load(io.BytesIO(f.read()), where=f"behaviour store {section.file!r}")
-            except (ValueError, OSError, KeyError) as e:
-                raise DataError(f"behaviour store {section.file!r} is not a readable store: {e}") from None
+            store = BehaviorStore.load(io.BytesIO(f.read()), where=f"behaviour store {section.file!r}")
         for group, name in zip(spec.item_groups, section.arrays):
             if name not in store.features:
                 raise DataError(f"behaviour store {section.file!r} has no array {name!r} (it holds "

@@ -118,3 +118,15 @@ def test_store_inputs_split_recent_and_long_without_overlap_and_assert_on_bad_re
     parsed["end"] = tf.constant(ends + 1)
     with pytest.raises(tf.errors.InvalidArgumentError, match="a sample references user"):
         bs.store_inputs(parsed, tensors, spec, "soft", 6, 3, "error")
+
+
+def test_a_truncated_store_file_is_named(tmp_path):
+    store = random_store()
+    path = str(tmp_path / "s.npz")
+    store.save(path)
+    data = open(path, "rb").read()
+    for cut in (100, len(data) // 2, len(data) - 10):
+        with open(path, "wb") as f:
+            f.write(data[:cut])
+        with pytest.raises(DataError, match="is not a readable behaviour store"):
+            bs.BehaviorStore.load(path)
