@@ -166,8 +166,13 @@ def load_for_spec(spec) -> StoreTensors:
     key = (section.file, stamp, section.arrays, section.category, spec.out_of_range_ids,
            tuple(g.cardinality for g in spec.item_groups))
     if key not in _LOADED:
-        with tf.io.gfile.GFile(section.file, "rb") as f:
-            store = BehaviorStore.load(io.BytesIO(f.read()), where=f"behaviour store {section.file!r}")
+        try:
+            with tf.io.gfile.GFile(section.file, "rb") as f:
+                raw = f.read()
+        except tf.errors.OpError as e:
+            raise DataError(f"behaviour store {section.file!r} cannot be read: {e.message}") from None
+        store = BehaviorStore.load(io.BytesIO(raw), where=f"behaviour store {section.file!r}")
+        del raw
         for group, name in zip(spec.item_groups, section.arrays):
             if name not in store.features:
                 raise DataError(f"behaviour store {section.file!r} has no array {name!r} (it holds "
