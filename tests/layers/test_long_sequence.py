@@ -123,3 +123,16 @@ def test_padding_does_not_change_what_a_unit_computes(unit):
         scores_padded = twin.gsu_scores(query, padded, padded_mask, age_buckets(T + pad)[None, :])
         np.testing.assert_allclose(scores, scores_padded[:, pad:], rtol=1e-5)
         assert np.all(scores_padded[:, :pad] == np.finfo(np.float32).min)
+
+
+def test_twins_first_scores_are_a_similarity():
+    """Query and key projections start equal, so before any training every head scores a behaviour equal
+    to the target with ||q W||^2 / sqrt(d) > 0: the first scores are a similarity, not arbitrary."""
+    twin = TwinAttention(heads=2, head_dim=4)
+    twin.build(2 * E)
+    np.testing.assert_array_equal(twin.w_query.numpy(), twin.w_key.numpy())
+    rng = np.random.default_rng(6)
+    query = tf.constant(rng.normal(size=(1, 2 * E)), tf.float32)
+    keys = tf.concat([query[:, None, :], tf.constant(rng.normal(size=(1, T - 1, 2 * E)) * 0.3, tf.float32)], axis=1)
+    _, logits = twin(query, keys, tf.ones((1, T)), tf.zeros((1, T), tf.int32))
+    assert np.all(logits.numpy()[0, 0] > 0)
