@@ -88,19 +88,17 @@ def main(argv):
         return
     if FLAGS.preset in synthetic.LIFELONG_PRESETS:
         config = lifelong_config_from_flags()
-        started = time.perf_counter()
-        with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
-            synthetic.synthesize_lifelong(config, staging, num_files=FLAGS.num_files, prebatch_size=FLAGS.prebatch_size)
-        print(f"dataset written to {FLAGS.output} in {time.perf_counter() - started:.1f}s (preset {FLAGS.preset}: "
-              f"{config.users:,} users with {config.min_history:,}-{config.max_history:,} behaviours each, "
-              f"{config.items:,} items, {config.categories:,} categories)")
-        return
-    if FLAGS.max_history is not None:
-        raise UserError("--max_history applies to --preset lifelong only")
-    config = config_from_flags()
+        write = synthetic.synthesize_lifelong
+        shape = (f"{config.users:,} users with {config.min_history:,}-{config.max_history:,} behaviours each, "
+                 f"{config.items:,} items, {config.categories:,} categories")
+    else:
+        if FLAGS.max_history is not None:
+            raise UserError("--max_history applies to --preset lifelong only")
+        config = config_from_flags()
+        write = synthetic.synthesize
+        shape = (f"{config.users:,} users, {config.items:,} items, {config.categories:,} categories, "
+                 f"L={config.history_length}")
     started = time.perf_counter()
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
-        synthetic.synthesize(config, staging, num_files=FLAGS.num_files, prebatch_size=FLAGS.prebatch_size)
-    print(f"dataset written to {FLAGS.output} in {time.perf_counter() - started:.1f}s "
-          f"(preset {FLAGS.preset}: {config.users:,} users, {config.items:,} items, {config.categories:,} categories, "
-          f"L={config.history_length})")
+        write(config, staging, num_files=FLAGS.num_files, prebatch_size=FLAGS.prebatch_size)
+    print(f"dataset written to {FLAGS.output} in {time.perf_counter() - started:.1f}s (preset {FLAGS.preset}: {shape})")

@@ -191,13 +191,6 @@ def load_for_spec(spec) -> StoreTensors:
     return _LOADED[key]
 
 
-def _window(tensors: StoreTensors, users: tf.Tensor, ends: tf.Tensor, length: int):
-    """Store rows [start, stop) of each sample's most recent ``length`` behaviours before ``ends``."""
-    base = tf.gather(tensors.offsets, users)
-    stop = base + ends
-    return tf.maximum(base, stop - length), stop
-
-
 def _left_padded(start: tf.Tensor, stop: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
     """(indices [B, length], valid [B, length]) of the ranges [start, stop) (each at most ``length`` long),
     right-aligned: position j holds index stop - length + j, valid when >= start."""
@@ -289,11 +282,6 @@ def check_samples(tensors: StoreTensors, users: tf.Tensor, ends: tf.Tensor) -> l
     return [check_users, check_positions]
 
 
-def long_length(gsu: str, max_long_history: int, top_k: int) -> int:
-    """Positions of the long history the pipeline hands the model."""
-    return top_k if gsu == "hard" else max_long_history
-
-
 def store_inputs(parsed: dict, tensors: StoreTensors, spec, gsu: str, max_long_history: int, top_k: int,
                  out_of_range: str, negative_history: bool = True) -> dict:
     """The model's input dict (sim_tf.data.inputs) for a batch of store-backed samples.
@@ -324,8 +312,8 @@ def store_inputs(parsed: dict, tensors: StoreTensors, spec, gsu: str, max_long_h
         category = targets[section.category_index]
         long_index, long_valid = hard_search(tensors, store_user, long_end, category, top_k, max_long_history)
     else:
-        start, stop = _window(tensors, store_user, long_end, max_long_history)
-        long_index, long_valid = _left_padded(start, stop, max_long_history)
+        stop = base + long_end
+        long_index, long_valid = _left_padded(tf.maximum(base, stop - max_long_history), stop, max_long_history)
 
     def gather(values, index, valid):
         return tf.where(valid, tf.gather(values, index), tf.zeros([], values.dtype))

@@ -39,11 +39,6 @@ def part_widths(parts) -> list[int]:
     return [p.width if isinstance(p, TableRows) else p.shape[-1] for p in parts]
 
 
-def behaviour_vectors(parts) -> tf.Tensor:
-    """[B, T, D]: the parts gathered and concatenated (for the reference paths and tests)."""
-    return tf.concat([tf.gather(p.table, p.ids) if isinstance(p, TableRows) else p for p in parts], axis=-1)
-
-
 def _split_bits(total: int, features: int) -> list[int]:
     """``total`` signature bits shared out over ``features`` item features (the first ones get the rest)."""
     return [total // features + (1 if f < total % features else 0) for f in range(features)]

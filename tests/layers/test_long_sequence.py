@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from sim_tf.layers.core import TableRows
-from sim_tf.layers.long_sequence import EtaSearch, SdimSampler, TwinAttention, age_buckets, behaviour_vectors
+from sim_tf.layers.long_sequence import EtaSearch, SdimSampler, TwinAttention, age_buckets
 
 B, T, E = 3, 11, 4
 

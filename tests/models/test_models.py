@@ -14,6 +14,21 @@ def total_loss(outputs, labels):
     return losses.combine(terms, tf.shape(labels)[0], terms.aux_count)
 
 
+def adam_step(model, features, labels):
+    """A compiled Adam step on one batch; returns (total loss, mean click loss) of the batch before it."""
+    optimizer = keras.optimizers.Adam(0.01)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            outputs = model(features, training=True)
+            loss = total_loss(outputs, labels)
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss, losses.loss_terms(outputs, labels).ctr_sum / tf.cast(tf.shape(labels)[0], tf.float32)
+
+    return step
+
+
 def auxiliary_loss(click_logits, noclick_logits, pair_mask):
     """The auxiliary loss as a masked mean; 0 when no pair is valid."""
     total, count = losses.auxiliary_terms(click_logits, noclick_logits, pair_mask)
@@ -125,15 +140,7 @@ def test_each_model_overfits_one_batch(model_type, build, make_features):
     keras.utils.set_random_seed(0)
     model = build(model_type)
     features, labels = make_features(batch=32, seed=6)
-    optimizer = keras.optimizers.Adam(0.01)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            outputs = model(features, training=True)
-            loss = total_loss(outputs, labels)
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        return loss, losses.loss_terms(outputs, labels).ctr_sum / 32
+    step = adam_step(model, features, labels)
 
     first, first_ctr = (float(x) for x in step())
     for _ in range(100):
@@ -254,17 +261,8 @@ def test_sims_successors_train_in_float32_and_mixed_precision(gsu, build, make_f
         loss = total_loss(model(features, training=True), labels)
     for var, grad in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables)):
         assert grad is not None, var.path
-    optimizer = keras.optimizers.Adam(0.01)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            outputs = model(features, training=True)
-            loss = total_loss(outputs, labels)
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        return losses.loss_terms(outputs, labels).ctr_sum / 32
-
-    ctr = [float(step()) for _ in range(100)]
+    step = adam_step(model, features, labels)
+    ctr = [float(step()[1]) for _ in range(100)]
     assert ctr[-1] < 0.1 * ctr[0], (ctr[0], ctr[-1])
     mixed = build("sim", config, policy="mixed_bfloat16")
     mixed.set_weights(model.get_weights())
