@@ -14,7 +14,7 @@ concatenation (see AttentionPooling.call_parts). Masks are 1 on real behaviours,
   rounds. No top-k and no attention over the long history.
 
 Both hash per item feature, a table row at a time (:class:`FeatureSimHash`): a behaviour's signature is
-then one gathered int64 per feature, not a projection of its embedding.
+then one gathered integer per feature (int64 for ETA, int32 for SDIM), not a projection of its embedding.
 * **TWIN** (Chang et al. 2023, arXiv 2302.02352): one relevance metric for both stages. The ESU is
   multi-head target attention whose head-h logit is (k W_K^h) . (q W_Q^h) / sqrt(d_h) + beta_h[age]: a
   projection of the behaviour's inherent features (its embedding) and a bias per age bucket for the
@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from sim_tf.layers.core import TableRows, check_positive_ints, masked_softmax
 
+MAX_SDIM_BITS = 31  # rounds x bits: one feature's code is an int32
 AGE_BUCKETS = 24  # floor(log2(age)) buckets: ages up to 2**24 behaviours
 
 
@@ -47,17 +48,19 @@ def _split_bits(total: int, features: int) -> list[int]:
 class FeatureSimHash:
     """SimHash per item feature, computed per table row: the signature of a behaviour is the concatenation
     of its features' signatures, sign(e_f R_f) for fixed random hyperplanes R_f [D_f, n_f], packed into
-    one int64 (bit ``offsets[f] + i`` is feature f's bit i).
+    one int64 (bit ``offsets[f] + i`` is feature f's bit i; ``of_vectors``, ``of_rows``), or kept one int32
+    per feature (``codes``; ``packed=False`` lifts the 62-bit limit on the total).
 
     A behaviour's signature depends only on its ids, so each step hashes every table row once (V_f x D_f x
-    n_f multiply-adds) and a behaviour gathers one int64 per feature: 8 bytes, where hashing its embedding
+    n_f multiply-adds) and a behaviour gathers one integer per feature, where hashing its embedding
     would gather D floats and multiply them by R. The Hamming distance of two signatures is the sum of the
     features' distances, each estimating the angle between the two feature embeddings (SimHash's
     guarantee holds per feature rather than for the concatenated vector).
     """
 
-    def __init__(self, layer: keras.layers.Layer, widths: list[int], bits: list[int], seed: int, name: str = "hyperplanes"):
-        if sum(bits) > 62:
+    def __init__(self, layer: keras.layers.Layer, widths: list[int], bits: list[int], seed: int,
+                 name: str = "hyperplanes", packed: bool = True):
+        if packed and sum(bits) > 62:
             raise ValueError(f"signatures pack into 62 bits; asked for {sum(bits)}")
         self.bits = bits
         self.offsets = [sum(bits[:f]) for f in range(len(bits))]
@@ -69,6 +72,11 @@ class FeatureSimHash:
         bits = tf.cast(tf.matmul(tf.cast(vectors, tf.float32), self.planes[f]) > 0, tf.int64)
         weights = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.range(self.bits[f], dtype=tf.int64) + self.offsets[f])
         return tf.reduce_sum(bits * weights, axis=-1)
+
+    def codes(self, vectors: tf.Tensor, f: int) -> tf.Tensor:
+        """[...] int32: feature f's own signature bits (bit i = hyperplane i), unpacked; at most 31 bits."""
+        bits = tf.cast(tf.matmul(tf.cast(vectors, tf.float32), self.planes[f]) > 0, tf.int32)
+        return tf.reduce_sum(bits * tf.bitwise.left_shift(1, tf.range(self.bits[f], dtype=tf.int32)), axis=-1)
 
     def of_vectors(self, vectors: list[tf.Tensor]) -> tf.Tensor:
         """[...] int64: the signature of vectors given per feature ([..., D_f] each), e.g. the target's."""
@@ -119,78 +127,81 @@ class EtaSearch(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="sim_tf")
 class SdimSampler(keras.layers.Layer):
-    """SDIM's hash-based interest: ``rounds`` hash functions, each a :class:`FeatureSimHash` signature of
-    ``bits`` hyperplanes per item feature (2 ** (bits x features) buckets).
+    """SDIM's hash-based interest: ``rounds`` hash functions, each a SimHash of ``bits`` hyperplanes per
+    item feature (2 ** (bits x features) buckets); a behaviour is in the target's round-j bucket when all
+    of its features' round-j signatures equal the target's.
 
     ``interest(queries, rows, mask [B, T])`` (the target per feature [B, D_f]; the long history as
     per-feature TableRows) returns (interest [B, D], average [B, D]):
 
-    * interest = mean_j normalize(s_j), s_j the sum of the behaviours whose round-j signature equals the
-      target's (an empty bucket gives a zero vector): the paper's estimate of target attention;
+    * interest = mean_j normalize(s_j), s_j the sum of the behaviours in the target's round-j bucket (an
+      empty bucket gives a zero vector): the paper's estimate of target attention;
     * average = mean_j s_j / n_j, n_j the bucket's size: the same buckets without the normalisation, which
       keeps what the direction drops (how similar the behaviours are; empty buckets give zeros).
 
-    Only the behaviours in the target's buckets (about rounds / 2 ** (bits x features) of the history) are
-    gathered and pooled; the bucket choice takes no gradient, the pooled behaviours do.
+    Cost per behaviour: one int32 gathered per item feature (its table row's code: round j's bits at
+    [j x bits, (j + 1) x bits), the same place for every feature, so OR-ing the features' differences from
+    the target gives one code whose zero chunks are the rounds it shares) and a few integer operations;
+    only the behaviours in at least one of the target's buckets (about rounds / 2 ** (bits x features) of
+    the history) are embedded and pooled. The bucket choice takes no gradient, the pooled behaviours do.
     """
 
     def __init__(self, rounds: int = 4, bits: int = 3, seed: int = 23, **kwargs):
         super().__init__(**kwargs)
         self.rounds, self.bits = check_positive_ints("rounds and bits", (rounds, bits))
+        if self.rounds * self.bits > MAX_SDIM_BITS:
+            raise ValueError(f"SDIM's per-feature codes are int32: rounds x bits = {self.rounds} x {self.bits} "
+                             f"is more than {MAX_SDIM_BITS}")
         self.seed = seed
 
     def build(self, widths):
         widths = [int(w) for w in widths]
-        if self.rounds * self.bits * len(widths) > 62:
-            raise ValueError(f"SDIM's signatures pack into 62 bits: rounds x bits x item features = "
-                             f"{self.rounds} x {self.bits} x {len(widths)}")
-        # Round j takes bits [j * per_round, (j + 1) * per_round) of one packed signature.
-        self.per_round = self.bits * len(widths)
-        self.hash = FeatureSimHash(self, widths, [self.rounds * self.bits] * len(widths), self.seed)
+        self.hash = FeatureSimHash(self, widths, [self.rounds * self.bits] * len(widths), self.seed, packed=False)
         self.built = True
 
-    def _rounds_layout(self, codes: tf.Tensor, f: int, features: int) -> tf.Tensor:
-        """Feature f's bits (round j at bits [j * bits, (j + 1) * bits) of its own code) moved to round j's
-        slot of the packed signature, after the earlier features' bits of that round."""
-        out = tf.zeros_like(codes)
-        width = (1 << self.bits) - 1
-        offset = self.hash.offsets[f]
-        for j in range(self.rounds):
-            chunk = tf.bitwise.bitwise_and(tf.bitwise.right_shift(codes, offset + j * self.bits), width)
-            out += tf.bitwise.left_shift(chunk, j * self.per_round + f * self.bits)
-        return out
+    def _chunks(self, value: int) -> int:
+        """An int32 constant with ``value`` in every round's chunk."""
+        return sum(value << (j * self.bits) for j in range(self.rounds))
 
-    def signatures(self, queries, rows):
-        """(target [B], behaviours [B, T]) int64 packed signatures of every round; each table is hashed
-        once (all rounds at once) and a behaviour gathers one int64 per feature."""
-        features = len(rows)
-        query = tf.add_n([self._rounds_layout(self.hash._codes(q, f), f, features) for f, q in enumerate(queries)])
-        behaviours = tf.add_n([
-            tf.gather(self._rounds_layout(self.hash._codes(tf.stop_gradient(r.table), f), f, features), r.ids)
-            for f, r in enumerate(rows)])
-        return query, behaviours
+    def shared_rounds(self, queries, rows) -> tf.Tensor:
+        """[B, T] int32, the OR over features of (behaviour code XOR target code): round j's chunk is zero
+        exactly when the behaviour is in the target's round-j bucket."""
+        differ = None
+        for f, (query, r) in enumerate(zip(queries, rows)):
+            table_codes = self.hash.codes(tf.stop_gradient(r.table), f)  # [V_f]: each table row once
+            d = tf.bitwise.bitwise_xor(tf.gather(table_codes, r.ids), self.hash.codes(query, f)[:, None])
+            differ = d if differ is None else tf.bitwise.bitwise_or(differ, d)
+        return differ
 
     def interest(self, queries, rows, mask):
-        query_code, codes = self.signatures(queries, rows)
-        differ = tf.bitwise.bitwise_xor(codes, query_code[:, None])
-        round_mask = (1 << self.per_round) - 1
-        real = tf.cast(mask, tf.bool)
+        differ = self.shared_rounds(queries, rows)
+        # Some chunk of `differ` is zero iff (differ - ones) & ~differ & tops != 0, with ones and tops the
+        # lowest and highest bit of every chunk (the "has a zero byte" test, exact for the yes/no answer
+        # at any chunk width: the lowest zero chunk borrows and nothing below it does).
+        ones, tops = self._chunks(1), self._chunks(1 << (self.bits - 1))
+        some_round = tf.not_equal(tf.bitwise.bitwise_and(
+            tf.bitwise.bitwise_and(differ - ones, tf.bitwise.invert(differ)), tops), 0)
+        where = tf.where(some_round & tf.cast(mask, tf.bool))  # [N, 2]: (sample, position) in some bucket
+        width = (1 << self.bits) - 1
+        member_differ = tf.gather_nd(differ, where)
+        in_round = tf.stack([tf.equal(tf.bitwise.bitwise_and(tf.bitwise.right_shift(member_differ, j * self.bits),
+                                                             width), 0) for j in range(self.rounds)])  # [rounds, N]
+        pairs = tf.where(in_round)  # [P, 2]: (round, member), one per bucket a behaviour is in, round-major
+        member_ids = [tf.gather(tf.gather_nd(r.ids, where), pairs[:, 1]) for r in rows]
+        batch = tf.shape(differ, out_type=tf.int64)[0]
+        buckets = batch * self.rounds
+        # (round, sample) ids come out sorted, which makes the segment sums several times faster.
+        segment = pairs[:, 0] * batch + tf.gather(where[:, 0], pairs[:, 1])
+        total = tf.concat([tf.math.unsorted_segment_sum(tf.cast(tf.gather(r.table, ids), tf.float32), segment, buckets)
+                           for r, ids in zip(rows, member_ids)], axis=-1)
+        total = tf.transpose(tf.reshape(total, [self.rounds, batch, -1]), [1, 0, 2])  # [B, rounds, D]: s_j
+        count = tf.math.unsorted_segment_sum(tf.ones_like(segment, tf.float32), segment, buckets)
+        count = tf.transpose(tf.reshape(count, [self.rounds, batch]))[:, :, None]  # n_j
+        norm = tf.sqrt(tf.reduce_sum(tf.square(total), axis=-1, keepdims=True))
+        # An empty bucket's sum is 0; dividing by max(norm, eps) keeps it 0 and its gradient finite.
+        interest = tf.reduce_mean(total / tf.maximum(norm, 1e-6), axis=1)
+        average = tf.reduce_mean(total / tf.maximum(count, 1.0), axis=1)
         dtype = queries[0].dtype
-        batch = tf.shape(codes, out_type=tf.int64)[0]
-        directions, averages = [], []
-        for j in range(self.rounds):
-            same = tf.equal(tf.bitwise.bitwise_and(tf.bitwise.right_shift(differ, j * self.per_round), round_mask), 0)
-            where = tf.where(same & real)  # [N_j, 2]: (sample, position) of the target's bucket
-            members = tf.concat([tf.cast(tf.gather(r.table, tf.gather_nd(r.ids, where)), dtype) for r in rows], axis=-1)
-            total = tf.math.unsorted_segment_sum(members, where[:, 0], batch)  # [B, D]
-            count = tf.math.unsorted_segment_sum(tf.ones_like(where[:, :1], tf.float32), where[:, 0], batch)
-            total32 = tf.cast(total, tf.float32)
-            norm = tf.sqrt(tf.reduce_sum(tf.square(total32), axis=-1, keepdims=True))
-            # An empty bucket's sum is 0; dividing by max(norm, eps) keeps it 0 and its gradient finite.
-            directions.append(total32 / tf.maximum(norm, 1e-6))
-            averages.append(total32 / tf.maximum(count, 1.0))
-        interest = tf.add_n(directions) / self.rounds
-        average = tf.add_n(averages) / self.rounds
         return tf.cast(interest, dtype), tf.cast(average, dtype)
 
     def get_config(self):

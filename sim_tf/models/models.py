@@ -29,7 +29,7 @@ from sim_tf.data import feature_spec as fs
 from sim_tf.layers.core import (ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, TableRows,
                                 masked_mean)
 from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
-from sim_tf.layers.long_sequence import EtaSearch, SdimSampler, TwinAttention, age_buckets
+from sim_tf.layers.long_sequence import MAX_SDIM_BITS, EtaSearch, SdimSampler, TwinAttention, age_buckets
 from sim_tf.models import GSU_KINDS, MODEL_TYPES
 
 
@@ -73,6 +73,9 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.hash_bits > 62:
             raise ValueError(f"hash_bits must be at most 62, got {self.hash_bits}")
+        if self.sdim_rounds * self.sdim_bits > MAX_SDIM_BITS:
+            raise ValueError(f"sdim_rounds x --sdim_bits must be at most {MAX_SDIM_BITS} (one item feature's SDIM code "
+                             f"is an int32), got {self.sdim_rounds} x {self.sdim_bits}")
 
     @property
     def gru_units(self) -> int:
@@ -351,7 +354,7 @@ class SIM(_DienBlock, CtrModel):
         """(attended, mean) of the long history under ETA, SDIM or TWIN (sim_tf/layers/long_sequence.py).
 
         The hashes (ETA, SDIM) hash every table row once per step and a behaviour gathers its rows'
-        signatures (TableRows, long_sequence.FeatureSimHash): 8 bytes a feature, no embedding."""
+        signatures (TableRows, long_sequence.FeatureSimHash): one integer a feature, no embedding."""
         gsu = self.config.gsu
         long_ids = features[keys.LONG_HISTORY]
         mask = features[keys.LONG_MASK]

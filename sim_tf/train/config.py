@@ -127,10 +127,6 @@ class TrainConfig:
         if self.microbatches > per_replica:
             raise UserError(f"--microbatches {self.microbatches} is more than the {per_replica} samples each replica "
                             f"gets per step (--global_batch_size {self.global_batch_size} over {replicas} replica(s))")
-        m = self.model
-        if self.model_type == "sim" and m.gsu == "sdim" and m.sdim_rounds * m.sdim_bits * len(spec.item_groups) > 62:
-            raise UserError(f"--sdim_rounds {m.sdim_rounds} x --sdim_bits {m.sdim_bits} x {len(spec.item_groups)} item "
-                            f"features is more than the 62 signature bits SDIM packs into one int64")
         if spec.store is not None:
             self._validate_for_store(spec)
         elif self.model.gsu == "hard":

@@ -79,7 +79,7 @@ flags.DEFINE_enum("gsu", "soft", list(GSU_KINDS), "SIM's search unit: soft (atte
                   "attention scores the whole history). docs/models.md compares them.")
 flags.DEFINE_integer("hash_bits", 32, "--gsu eta: bits of the SimHash signature (at most 62).", lower_bound=1)
 flags.DEFINE_integer("sdim_rounds", 4, "--gsu sdim: hash functions (rounds) averaged.", lower_bound=1)
-flags.DEFINE_integer("sdim_bits", 3, "--gsu sdim: hyperplanes per hash function and item feature (rounds x bits x item features <= 62).", lower_bound=1)
+flags.DEFINE_integer("sdim_bits", 3, "--gsu sdim: hyperplanes per hash function and item feature (rounds x bits <= 31).", lower_bound=1)
 flags.DEFINE_integer("twin_heads", 4, "--gsu twin: attention heads, each --embedding_dim wide.", lower_bound=1)
 flags.DEFINE_integer("max_long_history", 1000, "Behaviour-store datasets: the long history spans at most this many "
                      "behaviours before the recent ones (soft: all are embedded; hard: searched).", lower_bound=1)

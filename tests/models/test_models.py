@@ -186,6 +186,11 @@ def test_config_is_validated():
         models.ModelConfig(stage_two_mlp_dims=())
     with pytest.raises(ValueError, match="attention must be one of"):
         models.ModelConfig(attention="bahdanau")
+    with pytest.raises(ValueError, match="hash_bits must be at most 62"):
+        models.ModelConfig(hash_bits=63)
+    with pytest.raises(ValueError, match="must be at most 31 .* got 8 x 4"):
+        models.ModelConfig(sdim_rounds=8, sdim_bits=4)
+    models.ModelConfig(sdim_rounds=31, sdim_bits=1)  # one code per feature, whatever the feature count
 
 
 def test_build_model_sizes_tables_from_the_spec(tiny_dataset):
