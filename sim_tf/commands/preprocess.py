@@ -1,5 +1,11 @@
-"""sim-tf preprocess amazon: Amazon Books 2014 raw files -> BYO parquet (metadata.json + parts), or with
---format store a behaviour-store TFRecord dataset (every review once, samples by reference)."""
+"""sim-tf preprocess: training data from raw data.
+
+* ``amazon``: Amazon Books 2014 raw files -> BYO parquet (metadata.json + parts), or with --format store a
+  behaviour-store TFRecord dataset (every review once, samples by reference).
+* ``events``: an interaction log (parquet or CSV: user, item, item features, time, optional label; local
+  or any fsspec URL) -> the same two formats, on Dask: a local cluster by default, an existing one with
+  --scheduler (sim_tf/preprocess/events.py, docs/preprocessing.md).
+"""
 
 from __future__ import annotations
 
@@ -13,38 +19,65 @@ from sim_tf.errors import UserError
 from sim_tf.preprocess import amazon
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("reviews", None, "reviews_Books.json or reviews_Books.json.gz (JSON lines).")
-flags.DEFINE_string("meta", None, "meta_Books.json or meta_Books.json.gz (one Python dict literal per line).")
+flags.DEFINE_string("reviews", None, "amazon: reviews_Books.json or reviews_Books.json.gz (JSON lines).")
+flags.DEFINE_string("meta", None, "amazon: meta_Books.json or meta_Books.json.gz (one Python dict literal per line).")
+flags.DEFINE_string("input", None, "events: the log: a parquet or CSV file, a folder of them or a glob; local or an "
+                    "fsspec URL (s3://, gs://, hdfs://, ...).")
+flags.DEFINE_enum("input_format", "auto", ["auto", "parquet", "csv"], "events: the log's format (auto: CSV when "
+                  "the name ends in .csv, .csv.gz, .tsv or .txt, parquet otherwise).")
+flags.DEFINE_string("user_col", "user", "events: the user id column.")
+flags.DEFINE_string("item_col", "item", "events: the item id column.")
+flags.DEFINE_list("item_feature_cols", [], "events: item feature columns (e.g. category), comma separated; each "
+                  "becomes an item feature of the model.")
+flags.DEFINE_string("time_col", "time", "events: the time column: integers (any unit) or date/times.")
+flags.DEFINE_string("label_col", None, "events: an explicit 0/1 label column (impressions and clicks). Without it "
+                    "every event is a positive and each target gets a popularity-drawn negative.")
+flags.DEFINE_integer("min_events", 3, "events: drop users with fewer events than this.", lower_bound=1)
+flags.DEFINE_string("test_split", "last", "events: `last` (each user's last event is its test sample) or "
+                    "`time:T` (every event at or after T, an integer time or an ISO date/time).")
+flags.DEFINE_integer("partitions", 0, "events: user parts (output files per split); 0 takes the input's number "
+                     "of chunks. The same value gives the same output on any engine.", lower_bound=0)
+flags.DEFINE_string("scheduler", None, "events: address of an existing Dask scheduler (tcp://HOST:8786); the "
+                    "output folder must be on storage its workers share.")
+flags.DEFINE_string("memory_limit", "auto", "events: memory limit per local Dask worker (e.g. 4GiB; auto shares "
+                    "the machine's memory); above it a worker spills to disk.")
 flags.DEFINE_string("output", None, "Folder for metadata.json, train/ and test/ parquet parts (--format parquet), or "
                     "for feature_spec.yaml, behaviors.npz and the TFRecord samples (--format store).")
 flags.DEFINE_enum("format", "parquet", ["parquet", "store"], "parquet: the recipe's BYO layout, padded histories "
                   "(then `sim-tf convert`); store: a ready behaviour-store dataset whose histories are each user's "
-                  "whole review sequence (docs/data.md).")
-flags.DEFINE_integer("min_reviews", 20, "Drop users with fewer reviews than this.")
+                  "whole sequence (docs/data.md).")
+flags.DEFINE_integer("min_reviews", 20, "amazon: drop users with fewer reviews than this.")
 flags.DEFINE_integer("history_length", 100, "Behaviours kept per history (L); shorter ones are left-padded. With "
-                     "--format store: the recent (short) history S; the long one is the user's whole history.")
-flags.DEFINE_integer("min_history", 1, "Behaviours a training prefix needs before its target.")
-flags.DEFINE_integer("train_parts", 8, "Parquet parts for the training rows (rows are shuffled across them).")
-flags.DEFINE_integer("test_parts", 1, "Parquet parts for the test rows.")
+                     "--format store: the recent (short) history S (default 10); the long one is the whole history.")
+flags.DEFINE_integer("min_history", 1, "Behaviours a sample needs before its target.")
+flags.DEFINE_integer("train_parts", 8, "amazon: parquet parts for the training rows (rows are shuffled across them).")
+flags.DEFINE_integer("test_parts", 1, "amazon: parquet parts for the test rows.")
 flags.DEFINE_integer("seed", 0, "Seed for negatives and shuffling; the same seed gives the same output.")
-flags.DEFINE_integer("workers", min(2, os.cpu_count() or 1), "Processes writing the parquet parts.")
-flags.DEFINE_boolean("strict", False, "Stop at the first malformed input line instead of skipping it.")
+flags.DEFINE_integer("workers", min(2, os.cpu_count() or 1), "amazon: processes writing the parquet parts; events: "
+                     "local Dask worker processes (0: everything in this process).", lower_bound=0)
+flags.DEFINE_boolean("strict", False, "amazon: stop at the first malformed input line instead of skipping it.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output.")
 
+SOURCES = ("amazon", "events")
 
-def main(argv):
-    if len(argv) != 2 or argv[1] != "amazon":
-        raise UserError("usage: sim-tf preprocess amazon --reviews FILE --meta FILE --output DIR (the only source "
-                        "is `amazon`; bring other data as parquet and use `sim-tf convert`)")
-    for name in ("reviews", "meta", "output"):
+
+def _required(*names):
+    for name in names:
         if not FLAGS[name].value:
             raise UserError(f"--{name} is required")
-    # A store's long history is the user's whole review sequence; its recent part defaults to the recipe's 10.
-    recent = FLAGS.history_length if FLAGS["history_length"].present or FLAGS.format == "parquet" else 10
+
+
+def _recent_history() -> int:
+    # A store's long history is the user's whole sequence; its recent part defaults to the recipe's 10.
+    return FLAGS.history_length if FLAGS["history_length"].present or FLAGS.format == "parquet" else 10
+
+
+def run_amazon():
+    _required("reviews", "meta", "output")
     config = amazon.AmazonConfig(
-        min_reviews=FLAGS.min_reviews, history_length=recent, min_history=FLAGS.min_history,
+        min_reviews=FLAGS.min_reviews, history_length=_recent_history(), min_history=FLAGS.min_history,
         train_parts=FLAGS.train_parts, test_parts=FLAGS.test_parts, seed=FLAGS.seed, strict=FLAGS.strict,
-        workers=FLAGS.workers,
+        workers=max(1, FLAGS.workers),
     )
     started = time.perf_counter()
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
@@ -57,3 +90,39 @@ def main(argv):
           f"({counts['reviews_read'] / elapsed:,.0f} reviews/s): {counts['users']:,} users, {counts['items']:,} items, "
           f"{counts['categories']:,} categories, {counts['train_rows']:,} train and {counts['test_rows']:,} test rows "
           f"in {FLAGS.output}")
+
+
+def run_events():
+    _required("input", "output")
+    try:
+        from sim_tf.preprocess import events
+    except ImportError as e:
+        raise UserError(f"`sim-tf preprocess events` needs Dask ({e.name} is not installed): "
+                        f"pip install 'sim-tf[preprocess]'") from None
+    config = events.EventsConfig(
+        user_col=FLAGS.user_col, item_col=FLAGS.item_col, item_feature_cols=tuple(FLAGS.item_feature_cols),
+        time_col=FLAGS.time_col, label_col=FLAGS.label_col, history_length=_recent_history(),
+        min_events=FLAGS.min_events, min_history=FLAGS.min_history, test_split=FLAGS.test_split,
+        partitions=FLAGS.partitions, seed=FLAGS.seed, fmt=FLAGS.format,
+        csv=None if FLAGS.input_format == "auto" else FLAGS.input_format == "csv",
+    )
+    if FLAGS.scheduler and "://" not in FLAGS.output and not os.path.isabs(FLAGS.output):
+        print(f"note: --output {FLAGS.output!r} is relative; the cluster's workers write to the same path on their "
+              f"own machines, so it must be on storage they share")
+    with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
+        with events.Engine(FLAGS.scheduler, FLAGS.workers, FLAGS.memory_limit) as engine:
+            counts = events.preprocess_events(FLAGS.input, staging, config, engine)
+    print(f"preprocessed {counts['events']:,} events in {counts['seconds']:.1f}s "
+          f"({counts['events'] / counts['seconds']:,.0f} events/s): {counts['users']:,} users, {counts['items']:,} "
+          f"items, {counts['train']:,} train and {counts['test']:,} test rows in {FLAGS.output}")
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in SOURCES:
+        raise UserError("usage: sim-tf preprocess amazon --reviews FILE --meta FILE --output DIR, or "
+                        "sim-tf preprocess events --input LOG --output DIR [--item_feature_cols ...] "
+                        "(sim-tf preprocess --help lists every flag)")
+    if argv[1] == "amazon":
+        run_amazon()
+    else:
+        run_events()

@@ -1,0 +1,702 @@
+"""An interaction log (user, item, item features, time, optional label) -> training data, on Dask.
+
+Three passes, each a set of independent per-partition tasks, so memory is bounded by a partition and
+the same code runs on a laptop (Dask's local cluster), a single process (the synchronous scheduler,
+for tests) or an existing cluster (``--scheduler``):
+
+1. **Partition by user.** The log's columns are read (parquet or CSV, any fsspec path or glob), checked
+   (nulls, time parses) and shuffled by a hash of the raw user id into ``partitions`` parts, which are
+   written as parquet into a work folder inside the output's staging folder. A part holds every event
+   of its users; which part a user lands in depends only on its id and ``partitions``.
+2. **Vocabularies.** Users with fewer than ``min_events`` events are dropped. Dense ids from 1 (0 is
+   padding): items and every item feature's values in sorted order of their raw values; users part by
+   part (sorted raw ids within a part, parts in order). An item's feature value is the largest raw value
+   it is logged with (items are expected to have one; the log says how many do not). Popularity = how
+   often an item is a positive event.
+3. **Samples.** Per part, events sorted by (user, time, item, features, label); a sample's history is
+   the user's positive events before it (the last ``history_length``, left-padded). Without a label
+   column every event is positive and each training/test target is paired with a negative whose item
+   is drawn by popularity; with one, every event is a sample with its own label. The last event of a
+   user is its test sample (or, with ``test_split time:T``, every event at or after T). Negative
+   histories: one popularity-drawn item per history position.
+
+Every random draw is a hash of (seed, dense user id, the event's rank in the user's sequence, slot), so
+the output is the same bytes whatever the engine, the number of workers or the input's chunking. Train
+rows of a part are shuffled with a permutation seeded by (seed, part).
+
+Outputs: the recipe's BYO parquet layout (``metadata.json``, ``train/part.N.parquet``,
+``test/part.N.parquet``; columns label, uid, item, each feature, ``item_sequence``, ``{f}_sequence``,
+``neg_item_sequence``, ``neg_{f}_sequence``), or a behaviour-store dataset (``fmt="store"``), with the
+id mappings in ``mapping/`` (raw value -> dense id, per column).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from sim_tf.errors import UserError, brief
+
+TIME_SPLIT_PREFIX = "time:"
+_USER, _ITEM, _TIME, _LABEL, _PART = "user", "item", "time", "label", "_part"
+
+
+@dataclasses.dataclass(frozen=True)
+class EventsConfig:
+    user_col: str = "user"
+    item_col: str = "item"
+    item_feature_cols: tuple[str, ...] = ()
+    time_col: str = "time"
+    label_col: str | None = None
+    history_length: int = 100
+    min_events: int = 3
+    min_history: int = 1
+    test_split: str = "last"  # "last" | "time:T" (T an integer or an ISO date/time)
+    partitions: int = 0  # user parts; 0: as many as the input has chunks (files, row groups, 64 MB of CSV)
+    seed: int = 0
+    fmt: str = "parquet"  # "parquet" | "store"
+    csv: bool | None = None  # None: by the input's extension
+
+    def __post_init__(self):
+        for name in ("history_length", "min_events"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_history < 0 or self.partitions < 0:
+            raise UserError("--min_history and --partitions must be >= 0")
+        if self.fmt not in ("parquet", "store"):
+            raise UserError(f"--format must be parquet or store, got {self.fmt!r}")
+        names = [self.user_col, self.item_col, *self.item_feature_cols, self.time_col]
+        names += [self.label_col] if self.label_col else []
+        if len(set(names)) != len(names) or not all(names):
+            raise UserError(f"the column options name a column twice or name none: {names}")
+        reserved = {"label", "uid", "item", "item_sequence", "neg_item_sequence"}
+        clash = [f for f in self.item_feature_cols if f in reserved or f.endswith("_sequence")]
+        if clash:
+            raise UserError(f"--item_feature_cols {clash}: these names are taken by the output's own columns; "
+                            f"rename the column(s) in the log")
+        self.split_time()
+
+    def split_time(self) -> int | None:
+        """The time-split cut in the log's time unit, or None for the last-event split."""
+        if self.test_split == "last":
+            return None
+        if not self.test_split.startswith(TIME_SPLIT_PREFIX):
+            raise UserError(f"--test_split must be `last` or `time:T`, got {self.test_split!r}")
+        value = self.test_split[len(TIME_SPLIT_PREFIX):]
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        import pandas as pd
+
+        try:
+            return int(pd.Timestamp(value, tz="UTC").value // 1_000_000_000)
+        except (ValueError, TypeError):
+            raise UserError(f"--test_split {self.test_split!r}: T must be an integer time or an ISO date/time") from None
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.item_feature_cols)
+
+
+# --------------------------------------------------------------------------------------------------
+# deterministic draws
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-mixed uint64 per input (wrapping arithmetic is intended)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def uniform_draws(seed: int, users: np.ndarray, ranks: np.ndarray, slots: int) -> np.ndarray:
+    """[n, slots] float64 in [0, 1): a function of (seed, user, rank, slot) only."""
+    with np.errstate(over="ignore"):
+        key = (_mix(np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15) * users.astype(np.uint64))
+               ^ (ranks.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)))[:, None]
+        bits = _mix(key + np.arange(1, slots + 1, dtype=np.uint64)[None, :] * np.uint64(0x9E3779B97F4A7C15))
+    return (bits >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def popular_items(cumulative: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Dense item ids (1-based) drawn with probability proportional to their counts: ``cumulative`` is
+    the running total of the counts of items 1..I."""
+    return (np.searchsorted(cumulative, draws * cumulative[-1], side="right") + 1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# pass 1: read, check, partition by user
+
+
+def _is_csv(path: str, csv: bool | None) -> bool:
+    if csv is not None:
+        return csv
+    base = path.rstrip("/").lower()
+    return base.endswith((".csv", ".csv.gz", ".tsv", ".txt"))
+
+
+def read_log(path: str, config: EventsConfig):
+    """The log as a Dask frame with the canonical columns user, item, features, time[, label]."""
+    import dask.dataframe as dd
+
+    wanted = {config.user_col: _USER, config.item_col: _ITEM, config.time_col: _TIME,
+              **{f: f for f in config.features}}
+    if config.label_col:
+        wanted[config.label_col] = _LABEL
+    try:
+        if _is_csv(path, config.csv):
+            frame = dd.read_csv(path, blocksize="64MB", dtype={c: "string" for c in (config.user_col, config.item_col,
+                                                                                       *config.features)})
+        else:
+            frame = dd.read_parquet(path)
+    except (FileNotFoundError, OSError, ValueError) as e:
+        raise UserError(f"--input {path!r} cannot be read as {'CSV' if _is_csv(path, config.csv) else 'parquet'}: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise UserError(f"--input {path!r} has no column(s) {missing} (it has {list(frame.columns)}); set "
+                        f"--user_col, --item_col, --item_feature_cols, --time_col or --label_col to its names")
+    frame = frame[list(wanted)].rename(columns=wanted)
+    return frame
+
+
+def _shown(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _time_seconds(series, where: str):
+    """Integer times as they are; strings and datetimes as Unix seconds. Anything else is an error."""
+    import pandas as pd
+
+    if pd.api.types.is_integer_dtype(series.dtype):
+        return series.astype("int64")
+    if pd.api.types.is_float_dtype(series.dtype):
+        whole = series.dropna()
+        if not (whole == np.floor(whole)).all():
+            bad = whole[whole != np.floor(whole)].iloc[0]
+            raise UserError(f"{where}: time {_shown(bad)} is not an integer (give integer times or date/times)")
+        return series.astype("int64")
+    parsed = pd.to_datetime(series, utc=True, errors="coerce", format="mixed") \
+        if not pd.api.types.is_datetime64_any_dtype(series.dtype) else series
+    if parsed.isna().any():
+        bad = series[parsed.isna()].iloc[0]
+        raise UserError(f"{where}: time {_shown(bad)} is neither an integer nor a date/time")
+    if getattr(parsed.dt, "tz", None) is None:
+        parsed = parsed.dt.tz_localize("UTC")
+    return (parsed.astype("datetime64[ns, UTC]").astype("int64") // 1_000_000_000).astype("int64")
+
+
+def _user_hash(users) -> np.ndarray:
+    import pandas as pd
+
+    return pd.util.hash_pandas_object(users.astype("string"), index=False).to_numpy(np.uint64)
+
+
+def clean_partition(frame, partitions: int, label: bool, source: str):
+    """Checks a chunk of the log (nulls, times, labels), normalises types and adds the user's part."""
+    import pandas as pd
+
+    if len(frame) == 0:
+        return frame.assign(**{_PART: pd.Series([], dtype="int64")})
+    nulls = [c for c in frame.columns if frame[c].isna().any()]
+    if nulls:
+        column = nulls[0]
+        raise UserError(f"{source}: column {column!r} has {int(frame[column].isna().sum()):,} null value(s) in one "
+                        f"chunk (first at row {int(np.flatnonzero(frame[column].isna().to_numpy())[0]):,} of it); "
+                        f"drop or fill them before preprocessing")
+    out = frame.copy()
+    out[_TIME] = _time_seconds(frame[_TIME], source)
+    for c in frame.columns:
+        if c not in (_TIME, _LABEL):
+            out[c] = frame[c].astype("string")
+    if label:
+        values = pd.to_numeric(frame[_LABEL], errors="coerce")
+        bad = values.isna() | ~values.isin([0, 1])
+        if bad.any():
+            raise UserError(f"{source}: label {_shown(frame[_LABEL][bad].iloc[0])} is not 0 or 1")
+        out[_LABEL] = values.astype("int8")
+    out[_PART] = (_user_hash(out[_USER]) % np.uint64(partitions)).astype(np.int64)
+    return out
+
+
+def _meta(config: EventsConfig):
+    import pandas as pd
+
+    columns = {_USER: pd.Series([], dtype="string"), _ITEM: pd.Series([], dtype="string"),
+               _TIME: pd.Series([], dtype="int64"), **{f: pd.Series([], dtype="string") for f in config.features}}
+    if config.label_col:
+        columns[_LABEL] = pd.Series([], dtype="int8")
+    columns[_PART] = pd.Series([], dtype="int64")
+    return pd.DataFrame(columns)
+
+
+def write_user_parts(frame, folder: str) -> int:
+    """Writes each part (a value of _part) held by one shuffled partition; returns rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for part, group in frame.groupby(_PART, sort=True):
+        table = pa.Table.from_pandas(group.drop(columns=[_PART]), preserve_index=False)
+        pq.write_table(table, os.path.join(folder, f"part.{int(part)}.parquet"))
+        rows += len(group)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# pass 2: vocabularies
+
+
+def _kept(frame, min_events: int):
+    counts = frame.groupby(_USER, sort=False)[_USER].transform("size")
+    return frame[counts.to_numpy() >= min_events]
+
+
+def part_stats(path: str, config: EventsConfig):
+    """(kept users sorted, item statistics frame, feature value sets) of one user part."""
+    import pandas as pd
+
+    frame = _kept(pd.read_parquet(path), config.min_events)
+    users = np.sort(frame[_USER].unique().astype(object)) if len(frame) else np.array([], dtype=object)
+    positive = frame if not config.label_col else frame[frame[_LABEL] == 1]
+    aggregations = {"events": (_ITEM, "size")}
+    for f in config.features:
+        aggregations[f"{f}_min"] = (f, "min")
+        aggregations[f"{f}_max"] = (f, "max")
+    items = frame.groupby(_ITEM, sort=False).agg(**aggregations)
+    items["positives"] = positive.groupby(_ITEM, sort=False).size().reindex(items.index, fill_value=0)
+    return users, items
+
+
+@dataclasses.dataclass
+class Vocabulary:
+    items: np.ndarray  # sorted raw item ids; dense id = index + 1
+    popularity: np.ndarray  # [I] int64 positive events per dense item
+    feature_values: dict  # feature -> sorted raw values
+    item_features: dict  # feature -> [I + 1] int64 dense value of each dense item (0 for padding)
+    part_users: list  # per part: sorted raw user ids of the kept users
+    user_offsets: np.ndarray  # [parts + 1]: part p's users get dense ids offsets[p] + 1 ...
+    inconsistent_items: int
+
+    @property
+    def num_users(self) -> int:
+        return int(self.user_offsets[-1])
+
+    def cumulative(self) -> np.ndarray:
+        weights = self.popularity if self.popularity.sum() > 0 else np.ones_like(self.popularity)
+        return np.cumsum(weights)
+
+
+def merge_stats(stats: list, config: EventsConfig) -> Vocabulary:
+    import pandas as pd
+
+    part_users = [s[0] for s in stats]
+    frames = [s[1] for s in stats if len(s[1])]
+    if not frames:
+        raise UserError(f"no user has {config.min_events} or more events; lower --min_events")
+    items = pd.concat(frames)
+    sums = items.groupby(level=0, sort=False)[["events", "positives"]].sum()
+    merged = {"positives": sums["positives"]}
+    for f in config.features:
+        merged[f"{f}_min"] = items.groupby(level=0, sort=False)[f"{f}_min"].min()
+        merged[f"{f}_max"] = items.groupby(level=0, sort=False)[f"{f}_max"].max()
+    table = pd.DataFrame(merged)
+    table = table.loc[np.sort(table.index.to_numpy(dtype=object))]
+    raw_items = table.index.to_numpy(dtype=object)
+    feature_values, item_features = {}, {}
+    inconsistent = np.zeros(len(table), bool)
+    for f in config.features:
+        values = np.sort(pd.unique(table[f"{f}_max"].to_numpy(dtype=object)))
+        feature_values[f] = values
+        dense = np.zeros(len(table) + 1, np.int64)
+        dense[1:] = np.searchsorted(values, table[f"{f}_max"].to_numpy(dtype=object)) + 1
+        item_features[f] = dense
+        inconsistent |= (table[f"{f}_min"] != table[f"{f}_max"]).to_numpy()
+    counts = np.array([len(u) for u in part_users], np.int64)
+    return Vocabulary(raw_items, table["positives"].to_numpy(np.int64), feature_values, item_features, part_users,
+                      np.concatenate([[0], np.cumsum(counts)]), int(inconsistent.sum()))
+
+
+# --------------------------------------------------------------------------------------------------
+# pass 3: samples
+
+
+def _dense(sorted_values: np.ndarray, raw) -> np.ndarray:
+    return np.searchsorted(sorted_values, np.asarray(raw, dtype=object)).astype(np.int64) + 1
+
+
+def sequences(path: str, part: int, vocab: Vocabulary, config: EventsConfig):
+    """One part's kept events as dense arrays sorted by (user, time, item, features, label)."""
+    import pandas as pd
+
+    frame = _kept(pd.read_parquet(path), config.min_events)
+    user = np.searchsorted(vocab.part_users[part], frame[_USER].to_numpy(dtype=object)).astype(np.int64) + 1 \
+        + vocab.user_offsets[part]
+    item = _dense(vocab.items, frame[_ITEM].to_numpy(dtype=object))
+    label = frame[_LABEL].to_numpy(np.int64) if config.label_col else np.ones(len(frame), np.int64)
+    times = frame[_TIME].to_numpy(np.int64)
+    logged = [_dense(vocab.feature_values[f], frame[f].to_numpy(dtype=object)) for f in config.features]
+    order = np.lexsort((label, *reversed(logged), item, times, user))
+    return user[order], times[order], item[order], label[order]
+
+
+def build_samples(user, times, item, label, vocab: Vocabulary, config: EventsConfig) -> dict:
+    """Index form of one part's samples: per sample (user, rank, target item, label, test?, history end),
+    with histories as positions in the part's positive-event array."""
+    n = user.size
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if n else np.array([], np.int64)
+    lengths = np.diff(np.r_[starts, n])
+    first = np.repeat(starts, lengths)
+    rank = np.arange(n) - first  # the event's place in its user's sequence
+    positive = label == 1
+    before = np.cumsum(positive) - positive  # positives before each event, over the part
+    history_count = before - np.repeat(before[starts], lengths) if n else before
+    last = np.r_[starts[1:] - 1, n - 1] if n else np.array([], np.int64)
+    cut = config.split_time()
+    if cut is None:
+        is_test = np.zeros(n, bool)
+        is_test[last] = True
+    else:
+        is_test = times >= cut
+    # Without labels a user's events are all positives and the last one is held out even from training.
+    eligible = history_count >= config.min_history
+    return {"user": user, "rank": rank, "item": item, "label": label, "test": is_test, "eligible": eligible,
+            "end": before, "user_first_positive": np.repeat(before[starts], lengths) if n else before,
+            "positive_items": item[positive]}
+
+
+def materialize(samples: dict, rows: np.ndarray, negative: np.ndarray, vocab: Vocabulary, config: EventsConfig,
+                cumulative: np.ndarray) -> dict:
+    """The output columns of samples ``rows``; ``negative`` marks the rows that are a positive's negative
+    twin (same user and history, a popularity-drawn target, label 0)."""
+    length = config.history_length
+    end = samples["end"][rows]
+    positions = end[:, None] - length + np.arange(length)[None, :]
+    valid = positions >= samples["user_first_positive"][rows][:, None]
+    items = np.where(valid, samples["positive_items"][np.maximum(positions, 0)], 0) \
+        if samples["positive_items"].size else np.zeros_like(positions)
+    draws = uniform_draws(config.seed, samples["user"][rows], samples["rank"][rows], length + 1)
+    negatives = np.where(valid, popular_items(cumulative, draws[:, 1:]), 0)
+    target = np.where(negative, popular_items(cumulative, draws[:, 0]), samples["item"][rows])
+    label = np.where(negative, 0, samples["label"][rows])
+    columns = {"label": label, "uid": samples["user"][rows], "item": target}
+    for f in config.features:
+        columns[f] = vocab.item_features[f][target]
+    columns["item_sequence"] = items
+    for f in config.features:
+        columns[f"{f}_sequence"] = vocab.item_features[f][items]
+    columns["neg_item_sequence"] = negatives
+    for f in config.features:
+        columns[f"neg_{f}_sequence"] = vocab.item_features[f][negatives]
+    return columns
+
+
+def chosen_rows(samples: dict, split: str, config: EventsConfig, part: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sample rows, negative-twin flags) of a split, train rows in a seeded random order."""
+    chosen = samples["eligible"] & (samples["test"] if split == "test" else ~samples["test"])
+    if config.label_col:
+        rows = np.flatnonzero(chosen)
+        negative = np.zeros(rows.size, bool)
+    else:
+        rows = np.repeat(np.flatnonzero(chosen & (samples["label"] == 1)), 2)  # each positive, then its twin
+        negative = np.tile([False, True], rows.size // 2)
+    if split == "train":
+        order = np.random.default_rng([config.seed, part]).permutation(rows.size)
+        rows, negative = rows[order], negative[order]
+    return rows, negative
+
+
+def _arrow(columns: dict):
+    import pyarrow as pa
+
+    arrays = []
+    for values in columns.values():
+        values = np.ascontiguousarray(values)
+        if values.ndim == 1:
+            arrays.append(pa.array(values.astype(np.int64)))
+        else:  # histories: list<int32>, half the bytes of int64
+            offsets = np.arange(values.shape[0] + 1, dtype=np.int32) * values.shape[1]
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1).astype(np.int32))))
+    return pa.Table.from_arrays(arrays, names=list(columns))
+
+
+def write_samples(path: str, part: int, output: str, vocab: Vocabulary, config: EventsConfig,
+                  rows_per_group: int = 65536) -> dict:
+    """Pass 3 for one part (BYO parquet): its train and test files, a row group at a time (memory is one
+    group's histories); returns row counts."""
+    import pyarrow.parquet as pq
+
+    samples = build_samples(*sequences(path, part, vocab, config), vocab, config)
+    cumulative = vocab.cumulative()
+    counts = {"train": 0, "test": 0}
+    for split in ("train", "test"):
+        rows, negative = chosen_rows(samples, split, config, part)
+        if rows.size == 0:
+            continue
+        writer = None
+        try:
+            for start in range(0, rows.size, rows_per_group):
+                chunk = slice(start, start + rows_per_group)
+                table = _arrow(materialize(samples, rows[chunk], negative[chunk], vocab, config, cumulative))
+                if writer is None:
+                    # Dictionary encoding and statistics buy little on id lists and cost write speed.
+                    writer = pq.ParquetWriter(os.path.join(output, split, f"part.{part}.parquet"), table.schema,
+                                              use_dictionary=False, compression="snappy", write_statistics=False)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+        counts[split] = int(rows.size)
+    return counts
+
+
+def store_arrays(path: str, part: int, vocab: Vocabulary, config: EventsConfig) -> dict:
+    """Pass 3 for one part (behaviour store): the positive events per user and the samples by reference
+    (user, position in the user's positive events, target, label)."""
+    user, times, item, label = sequences(path, part, vocab, config)
+    samples = build_samples(user, times, item, label, vocab, config)
+    positive = label == 1
+    out = {"user": user[positive], "item": item[positive], "time": times[positive], "splits": {}}
+    cumulative = vocab.cumulative()
+    for split in ("train", "test"):
+        rows, negative = chosen_rows(samples, split, config, part)
+        draws = uniform_draws(config.seed, samples["user"][rows], samples["rank"][rows], 1)[:, 0]
+        target = np.where(negative, popular_items(cumulative, draws), samples["item"][rows])
+        out["splits"][split] = (samples["user"][rows], samples["end"][rows] - samples["user_first_positive"][rows],
+                                target, np.where(negative, 0, samples["label"][rows]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the engine and the driver
+
+
+class Engine:
+    """Where the tasks run: ``workers == 0`` in this process (Dask's synchronous scheduler); otherwise a
+    Dask cluster: ``scheduler`` (an address) or a local one of ``workers`` processes with
+    ``memory_limit`` each, bound to 127.0.0.1 (nothing listens on other interfaces)."""
+
+    def __init__(self, scheduler: str | None = None, workers: int = 0, memory_limit: str = "auto",
+                 log: Callable[[str], None] = print, timeout_s: float = 10.0):
+        self.client = None
+        self.cluster = None
+        self.log = log
+        if scheduler:
+            from distributed import Client
+
+            try:
+                self.client = Client(scheduler, timeout=timeout_s)
+            except (OSError, TimeoutError, ValueError) as e:
+                raise UserError(f"--scheduler {scheduler!r}: no Dask scheduler answered there within {timeout_s:.0f}s "
+                                f"({type(e).__name__}); check the address (tcp://HOST:8786) and that the scheduler "
+                                f"is running") from None
+            log(f"running on the Dask cluster at {scheduler} (dashboard: {self.client.dashboard_link})")
+        elif workers > 0:
+            from distributed import Client, LocalCluster
+
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        memory_limit=memory_limit, host="127.0.0.1",
+                                        dashboard_address="127.0.0.1:0", silence_logs=40)
+            self.client = Client(self.cluster)
+            log(f"running on a local Dask cluster: {workers} worker process(es), memory limit "
+                f"{_limit_text(self.cluster)} each (dashboard: {self.client.dashboard_link})")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def run(self, tasks: list, label: str, unit: str = "parts") -> list:
+        """Computes delayed ``tasks``; results in task order, with a progress line as they finish."""
+        from sim_tf.progress import Progress
+
+        progress = Progress(label, unit=unit)
+        if self.client is None:
+            import dask
+            from dask.callbacks import Callback
+
+            wanted = {t.key for t in tasks}
+            finished = []
+
+            class Count(Callback):
+                def _posttask(self, key, result, dsk, state, worker_id):
+                    if key in wanted:
+                        finished.append(key)
+                        progress.update(len(finished), len(finished) / len(wanted))
+
+            # One compute for all tasks: they share the upstream graph (the shuffle), computed once.
+            with Count(), _named_failures(label):
+                return list(dask.compute(*tasks, scheduler="synchronous"))
+        from distributed import as_completed
+
+        futures = self.client.compute(tasks)
+        index = {f.key: i for i, f in enumerate(futures)}
+        results = [None] * len(futures)
+        done = 0
+        with _named_failures(label):
+            for future in as_completed(futures):
+                results[index[future.key]] = future.result()
+                done += 1
+                progress.update(done, done / max(1, len(futures)))
+        return results
+
+
+@contextlib.contextmanager
+def _named_failures(step: str):
+    """A task's failure as one message naming the step (a UserError passes as it is; --debug re-raises)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # a task's own exception, re-raised here by Dask
+        if os.environ.get("SIM_TF_DEBUG"):
+            raise
+        raise UserError(f"preprocessing failed while {step}: {type(e).__name__}: {brief(e)} "
+                        f"(--debug shows the traceback)") from None
+
+
+def _limit_text(cluster) -> str:
+    limits = [w.memory_manager.memory_limit for w in cluster.workers.values()
+              if getattr(w, "memory_manager", None) is not None]
+    return f"{limits[0] / 2**30:.1f} GiB" if limits and limits[0] else "none"
+
+
+def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engine,
+                      log: Callable[[str], None] = print) -> dict:
+    """Runs the three passes into ``output`` (a staging folder the caller renames when this returns)."""
+    import dask
+    import pandas as pd
+
+    started = time.perf_counter()
+    frame = read_log(path, config)
+    partitions = config.partitions or max(1, frame.npartitions)
+    work = os.path.join(output, ".work")
+    os.makedirs(work, exist_ok=True)
+    meta = _meta(config)
+    cleaned = frame.map_partitions(clean_partition, partitions, bool(config.label_col), f"--input {path!r}", meta=meta)
+    shuffled = cleaned.shuffle(on=_PART, npartitions=partitions)
+    tasks = [dask.delayed(write_user_parts)(chunk, work) for chunk in shuffled.to_delayed()]
+    events = sum(engine.run(tasks, "partitioning by user", unit="partitions"))
+    if events == 0:
+        raise UserError(f"--input {path!r} holds no events")
+    elapsed = time.perf_counter() - started
+    log(f"read and partitioned {events:,} events in {elapsed:.1f}s ({events / max(elapsed, 1e-9):,.0f}/s) "
+        f"into {partitions} part(s)")
+
+    parts = [p for p in range(partitions) if os.path.exists(os.path.join(work, f"part.{p}.parquet"))]
+    part_path = {p: os.path.join(work, f"part.{p}.parquet") for p in parts}
+    stats = engine.run([dask.delayed(part_stats)(part_path[p], config) for p in parts], "vocabularies")
+    by_part = {p: s for p, s in zip(parts, stats)}
+    empty = (np.array([], dtype=object), pd.DataFrame())
+    vocab = merge_stats([by_part.get(p, empty) for p in range(partitions)], config)
+    log(f"{vocab.num_users:,} users with >= {config.min_events} events, {vocab.items.size:,} items"
+        + "".join(f", {vocab.feature_values[f].size:,} {f} values" for f in config.features)
+        + (f"; {vocab.inconsistent_items:,} item(s) logged with more than one feature value kept the largest"
+           if vocab.inconsistent_items else ""))
+    write_mappings(output, vocab, config)
+
+    if engine.client is not None:
+        [vocab_ref] = engine.client.scatter([vocab], broadcast=True)
+    else:
+        vocab_ref = vocab
+    if config.fmt == "parquet":
+        for split in ("train", "test"):
+            os.makedirs(os.path.join(output, split), exist_ok=True)
+        results = engine.run([dask.delayed(write_samples)(part_path[p], p, output, vocab_ref, config) for p in parts],
+                             "writing samples")
+        counts = {k: sum(r[k] for r in results) for k in ("train", "test")}
+        if counts["train"] == 0:
+            raise UserError("the kept users have no training samples; lower --min_history or --min_events, or "
+                            "move the --test_split time")
+        metadata = {"cardinalities": [{"name": "uid", "value": vocab.num_users},
+                                      {"name": "item", "value": int(vocab.items.size)},
+                                      *({"name": f, "value": int(vocab.feature_values[f].size)} for f in config.features)],
+                    "source": {"input": path, "user_col": config.user_col, "item_col": config.item_col,
+                               "item_feature_cols": list(config.features), "time_col": config.time_col,
+                               "label_col": config.label_col, "history_length": config.history_length,
+                               "min_events": config.min_events, "min_history": config.min_history,
+                               "test_split": config.test_split, "seed": config.seed}}
+        with open(os.path.join(output, "metadata.json"), "w") as f:
+            json.dump(metadata, f, indent=2)
+    else:
+        results = engine.run([dask.delayed(store_arrays)(part_path[p], p, vocab_ref, config) for p in parts],
+                             "building histories")
+        counts = write_store(output, results, vocab, config, log)
+    import shutil
+
+    shutil.rmtree(work)
+    counts.update(events=events, users=vocab.num_users, items=int(vocab.items.size),
+                  seconds=time.perf_counter() - started)
+    return counts
+
+
+def write_mappings(output: str, vocab: Vocabulary, config: EventsConfig) -> None:
+    """mapping/{user,item,FEATURE}.parquet: (raw value as a string, dense id), so predictions join back."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = os.path.join(output, "mapping")
+    os.makedirs(folder, exist_ok=True)
+    users = np.concatenate([u for u in vocab.part_users if len(u)]) if vocab.num_users else np.array([], object)
+    tables = {config.user_col: users, config.item_col: vocab.items,
+              **{f: vocab.feature_values[f] for f in config.features}}
+    for name, raw in tables.items():
+        pq.write_table(pa.table({"raw": pa.array([str(v) for v in raw], pa.string()),
+                                 "id": pa.array(np.arange(1, len(raw) + 1, dtype=np.int64))}),
+                       os.path.join(folder, f"{name}.parquet"))
+
+
+def write_store(output: str, results: list, vocab: Vocabulary, config: EventsConfig, log) -> dict:
+    """The behaviour-store dataset: every positive event once (item, features, time) in user order."""
+    from sim_tf.data import tfrecord_writer as tw
+    from sim_tf.data.behavior_store import BehaviorStore
+
+    user = np.concatenate([r["user"] for r in results])
+    order = np.argsort(user, kind="stable")  # parts hold users by hash; each part is already in time order
+    user, item, times = user[order], np.concatenate([r["item"] for r in results])[order], \
+        np.concatenate([r["time"] for r in results])[order]
+    counts = np.bincount(user, minlength=vocab.num_users + 1)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    arrays = {tw.item_base(0): item.astype(np.int32)}
+    for i, f in enumerate(config.features, start=1):
+        arrays[tw.item_base(i)] = vocab.item_features[f][item].astype(np.int32)
+    if not config.features:  # the store's hard search needs a category: one for every item
+        arrays[tw.item_base(1)] = np.ones(item.size, np.int32)
+    store = BehaviorStore(offsets, arrays, times.astype(np.int64))
+    splits = {}
+    for name in ("train", "test"):
+        parts = [r["splits"][name] for r in results if r["splits"][name][0].size]
+        if not parts:
+            if name == "train":
+                raise UserError("the kept users have no training samples; lower --min_history or --min_events, or "
+                                "move the --test_split time")
+            parts = [tuple(np.array([], np.int64) for _ in range(4))]
+        s_user, position, target, label = (np.concatenate([p[k] for p in parts]) for k in range(4))
+        columns = {tw.LABEL: label, tw.user_feature(0): s_user, tw.item_feature(0, tw.TARGET): target,
+                   tw.POSITION: position}
+        for i, f in enumerate(config.features, start=1):
+            columns[tw.item_feature(i, tw.TARGET)] = vocab.item_features[f][target]
+        if not config.features:
+            columns[tw.item_feature(1, tw.TARGET)] = np.ones(target.size, np.int64)
+        splits[name] = columns
+    cardinalities = [int(vocab.items.size), *(int(vocab.feature_values[f].size) for f in config.features)]
+    if not config.features:
+        cardinalities.append(1)
+    metadata = {"samples": {k: int(v[tw.LABEL].size) for k, v in splits.items()}, "source": "events log"}
+    files = max(1, min(8, splits["train"][tw.LABEL].size // 100_000 + 1))
+    tw.write_dataset(output, splits, [vocab.num_users], cardinalities, config.history_length,
+                     num_files={"train": files, "test": max(1, files // 4)}, prebatch_size=32, metadata=metadata,
+                     log=log, store=store)
+    return {k: int(v[tw.LABEL].size) for k, v in splits.items()}

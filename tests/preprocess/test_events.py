@@ -1,0 +1,198 @@
+"""`sim-tf preprocess events`: a hand-worked log, engine equivalence (one process against a 2-worker local
+Dask cluster over TCP on loopback), the store format and every bad input."""
+
+import filecmp
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("dask.dataframe")
+pytest.importorskip("distributed")
+
+from sim_tf.data.atomic import atomic_directory  # noqa: E402
+from sim_tf.data.events_log import write_events_log  # noqa: E402
+from sim_tf.errors import UserError  # noqa: E402
+from sim_tf.preprocess import events  # noqa: E402
+
+# (user, item, category, time), rows in no order. u3 has 2 events: dropped with min_events 3, and with it
+# item w and category c3, which no kept user has.
+HAND_LOG = [
+    ("u2", "z", "c1", 40), ("u1", "y", "c2", 5), ("u3", "x", "c1", 1), ("u2", "x", "c1", 10),
+    ("u1", "x", "c1", 9), ("u2", "y", "c2", 20), ("u3", "w", "c3", 2), ("u2", "x", "c1", 30),
+    ("u1", "z", "c1", 7),
+]
+
+
+def write_log(folder, rows, columns=("user", "item", "category", "time"), name="log.parquet", csv=False):
+    os.makedirs(folder, exist_ok=True)
+    frame = pd.DataFrame(rows, columns=list(columns))
+    path = os.path.join(folder, name)
+    frame.to_csv(path, index=False) if csv else frame.to_parquet(path, index=False)
+    return path
+
+
+def run(path, output, engine=None, **overrides):
+    config = events.EventsConfig(**{"item_feature_cols": ("category",), "history_length": 2, "partitions": 1,
+                                    **overrides})
+    with atomic_directory(output) as staging:
+        with (engine or events.Engine(workers=0, log=lambda _: None)) as e:
+            counts = events.preprocess_events(path, staging, config, e, log=lambda _: None)
+    return counts
+
+
+def rows_of(output, split):
+    table = pq.read_table(os.path.join(output, split)).to_pandas()
+    return [tuple(_plain(v) for v in row) for row in table.itertuples(index=False)], list(table.columns)
+
+
+def _plain(value):
+    return tuple(int(x) for x in value) if hasattr(value, "__len__") else int(value)
+
+
+def test_a_hand_worked_log(tmp_path):
+    path = write_log(tmp_path / "log", HAND_LOG)
+    out = str(tmp_path / "out")
+    counts = run(path, out)
+    assert (counts["users"], counts["items"], counts["train"], counts["test"]) == (2, 3, 6, 4)
+    # Dense ids in sorted order of the raw values, among kept users' events only.
+    tables = {name: pq.read_table(os.path.join(out, "mapping", f"{name}.parquet")) for name in ("user", "item", "category")}
+    mapping = {name: dict(zip(t.column("raw").to_pylist(), t.column("id").to_pylist())) for name, t in tables.items()}
+    assert mapping == {"user": {"u1": 1, "u2": 2}, "item": {"x": 1, "y": 2, "z": 3}, "category": {"c1": 1, "c2": 2}}
+    with open(os.path.join(out, "metadata.json")) as f:
+        assert json.load(f)["cardinalities"] == [{"name": "uid", "value": 2}, {"name": "item", "value": 3},
+                                                 {"name": "category", "value": 2}]
+    category = {1: 1, 2: 2, 3: 1}  # x, y, z -> c1, c2, c1
+    train, columns = rows_of(out, "train")
+    assert columns == ["label", "uid", "item", "category", "item_sequence", "category_sequence",
+                       "neg_item_sequence", "neg_category_sequence"]
+    # u1 (y 5, z 7, x 9): test x after [y, z]; train z after [y]. u2 (x 10, y 20, x 30, z 40): test z after
+    # [y, x]; train y after [x] and x after [x, y]. Histories of length 2, left-padded.
+    positives = sorted((r[1], r[2], r[4]) for r in train if r[0] == 1)
+    assert positives == [(1, 3, (0, 2)), (2, 1, (1, 2)), (2, 2, (0, 1))]
+    test, _ = rows_of(out, "test")
+    assert sorted((r[1], r[2], r[4]) for r in test if r[0] == 1) == [(1, 1, (2, 3)), (2, 3, (2, 1))]
+    for row in train + test:
+        label, uid, item, cat, items, cats, negs, neg_cats = row
+        assert cat == category[item] and cats == tuple(category.get(i, 0) for i in items)
+        assert neg_cats == tuple(category.get(i, 0) for i in negs)
+        # Negative history: a drawn item exactly where the history is real.
+        assert all((n == 0) == (i == 0) for n, i in zip(negs, items)) and set(negs) <= {0, 1, 2, 3}
+    # Each positive has one negative twin: same user and history, a drawn target, label 0.
+    for rows in (train, test):
+        twins = sorted((r[1], r[4], r[6]) for r in rows if r[0] == 0)
+        assert twins == sorted((r[1], r[4], r[6]) for r in rows if r[0] == 1)
+    # Test rows come as (positive, its negative) pairs.
+    assert [r[0] for r in test] == [1, 0, 1, 0]
+
+
+def test_time_split_and_explicit_labels(tmp_path):
+    rows = [(u, i, c, t, t % 2) for u, i, c, t in HAND_LOG]  # odd times are clicks
+    path = write_log(tmp_path / "log", rows, columns=("user", "item", "category", "time", "clicked"))
+    out = str(tmp_path / "out")
+    run(path, out, label_col="clicked", test_split="time:9", min_history=1)
+    train, _ = rows_of(out, "train")
+    test, _ = rows_of(out, "test")
+    # Histories hold clicks only: u1 clicked y(5), z(7), x(9); u2 clicked nothing (even times). Samples are
+    # events with at least one earlier click, each with its own label; times >= 9 are test samples.
+    assert sorted((r[0], r[1], r[2], r[4]) for r in train) == [(1, 1, 3, (0, 2))]
+    assert sorted((r[0], r[1], r[2], r[4]) for r in test) == [(1, 1, 1, (2, 3))]
+
+
+def test_negatives_follow_popularity(tmp_path):
+    write_events_log(str(tmp_path / "log"), 20_000, 200, 50, 5, seed=1, files=2)
+    out = str(tmp_path / "out")
+    run(str(tmp_path / "log"), out, history_length=5, partitions=3)
+    train = pq.read_table(os.path.join(out, "train")).to_pandas()
+    positives = train[train.label == 1]
+    negatives = train[train.label == 0]
+    assert len(negatives) == len(positives)
+    items = pd.read_parquet(os.path.join(out, "mapping", "item.parquet"))
+    logged = pd.read_parquet(str(tmp_path / "log"))
+    counts = logged.item.value_counts().reindex(items.raw.to_numpy()).to_numpy()  # every user is kept here
+    want = counts / counts.sum()
+    got = np.bincount(negatives.item, minlength=items.shape[0] + 1)[1:] / len(negatives)
+    assert 0.5 * np.abs(got - want).sum() < 0.03  # total variation against the popularity
+
+
+def test_one_process_and_a_two_worker_cluster_write_the_same_bytes(tmp_path):
+    write_events_log(str(tmp_path / "log"), 30_000, 400, 300, 20, seed=2, files=3)
+    single, cluster = str(tmp_path / "single"), str(tmp_path / "cluster")
+    run(str(tmp_path / "log"), single, history_length=8, partitions=4)
+    engine = events.Engine(workers=2, memory_limit="1GiB", log=lambda _: None)
+    assert engine.client.scheduler_info()["address"].startswith("tcp://127.0.0.1:")
+    run(str(tmp_path / "log"), cluster, engine=engine, history_length=8, partitions=4)
+    files = sorted(os.path.relpath(os.path.join(d, f), single) for d, _, fs in os.walk(single) for f in fs)
+    assert len(files) == 3 + 1 + 4 + 4  # mappings, metadata, train and test parts
+    match, mismatch, errors = filecmp.cmpfiles(single, cluster, files, shallow=False)
+    assert (mismatch, errors) == ([], [])
+
+
+def test_store_format_loads_as_a_behaviour_store(tmp_path):
+    from sim_tf.data import feature_spec as fs
+    from sim_tf.data.behavior_store import BehaviorStore
+
+    path = write_log(tmp_path / "log", HAND_LOG)
+    out = str(tmp_path / "out")
+    counts = run(path, out, fmt="store")
+    assert (counts["train"], counts["test"]) == (6, 4)
+    spec = fs.FeatureSpec.from_yaml(os.path.join(out, "feature_spec.yaml"))
+    store = BehaviorStore.load(spec.store.file)
+    # Users 1 (y, z, x) and 2 (x, y, x, z), every event once, in time order.
+    assert store.offsets.tolist() == [0, 0, 3, 7]
+    assert store.features[spec.store.arrays[0]].tolist() == [2, 3, 1, 1, 2, 1, 3]
+    assert store.features[spec.store.arrays[1]].tolist() == [2, 1, 1, 1, 2, 1, 1]
+
+
+@pytest.mark.parametrize("rows, columns, overrides, message", [
+    (HAND_LOG, ("user", "item", "cat", "time"), {}, r"has no column\(s\) \['category'\]"),
+    ([("u1", "x", "c", "yesterday-ish")] * 3, None, {}, "time 'yesterday-ish' is neither an integer nor a date/time"),
+    ([("u1", "x", "c", 1.5)] * 3, None, {}, "time 1.5 is not an integer"),
+    ([("u1", "x", "c", 1), (None, "x", "c", 2)], None, {}, "column 'user' has 1 null value"),
+    ([("u1", None, "c", 1)], None, {}, "column 'item' has 1 null value"),
+    (HAND_LOG, None, {"min_events": 50}, "no user has 50 or more events; lower --min_events"),
+    (HAND_LOG, None, {"min_history": 5}, "no training samples"),
+])
+def test_bad_logs_stop_with_one_message_and_no_output(tmp_path, rows, columns, overrides, message):
+    path = write_log(tmp_path / "log", rows, columns=columns or ("user", "item", "category", "time"))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=message):
+        run(path, str(out), **overrides)
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".out")]
+
+
+def test_empty_log_and_unreadable_input(tmp_path):
+    path = write_log(tmp_path / "log", [], columns=("user", "item", "category", "time"))
+    with pytest.raises(UserError, match="holds no events"):
+        run(path, str(tmp_path / "out"))
+    with pytest.raises(UserError, match="cannot be read"):
+        run(str(tmp_path / "missing.parquet"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_csv_input_and_date_times(tmp_path):
+    rows = [(u, i, c, pd.Timestamp(1_400_000_000 + t, unit="s").isoformat()) for u, i, c, t in HAND_LOG]
+    path = write_log(tmp_path / "log", rows, name="log.csv", csv=True)
+    out = str(tmp_path / "out")
+    run(path, out)
+    test, _ = rows_of(out, "test")
+    assert sorted((r[1], r[2], r[4]) for r in test if r[0] == 1) == [(1, 1, (2, 3)), (2, 3, (2, 1))]
+
+
+def test_an_unreachable_scheduler_is_named():
+    with pytest.raises(UserError, match="--scheduler 'tcp://127.0.0.1:9': no Dask scheduler answered"):
+        events.Engine(scheduler="tcp://127.0.0.1:9", timeout_s=2)
+
+
+def test_bad_options():
+    with pytest.raises(UserError, match="--test_split must be `last` or `time:T`"):
+        events.EventsConfig(test_split="random")
+    with pytest.raises(UserError, match="T must be an integer time or an ISO date/time"):
+        events.EventsConfig(test_split="time:soon")
+    with pytest.raises(UserError, match="name a column twice"):
+        events.EventsConfig(user_col="id", item_col="id")
+    with pytest.raises(UserError, match="taken by the output's own columns"):
+        events.EventsConfig(item_feature_cols=("item_sequence",))
