@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from absl import flags
@@ -19,7 +20,26 @@ flags.DEFINE_integer("history_length", 100, "History length L: longer histories 
 flags.DEFINE_integer("train_parts", 8, "TFRecord shards for the training split.")
 flags.DEFINE_integer("test_parts", 1, "TFRecord shards for the test split.")
 flags.DEFINE_integer("prebatch_size", 1, "Samples per record. 32 reads ~3x faster; use it only for rows that are already shuffled (records are shuffled, not the samples inside them).")
+flags.DEFINE_integer("workers", 0, "Convert the parquet files in parallel on a local Dask cluster of this many "
+                     "worker processes (one task per file, each writing its own shards); 0 converts them in order "
+                     "in this process into exactly --train_parts / --test_parts shards.", lower_bound=0)
+flags.DEFINE_string("scheduler", None, "Convert the files in parallel on an existing Dask cluster (tcp://HOST:8786); "
+                    "--output must be on storage its workers share.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output.")
+
+
+@contextlib.contextmanager
+def _engine():
+    if not FLAGS.scheduler and FLAGS.workers == 0:
+        yield None
+        return
+    try:
+        from sim_tf.preprocess.events import Engine
+    except ImportError as e:
+        raise UserError(f"--workers / --scheduler need Dask ({e.name} is not installed): "
+                        f"pip install 'sim-tf[preprocess]'") from None
+    with Engine(FLAGS.scheduler, FLAGS.workers) as engine:
+        yield engine
 
 
 def main(argv):
@@ -28,11 +48,11 @@ def main(argv):
         if not FLAGS[name].value:
             raise UserError(f"--{name} is required")
     started = time.perf_counter()
-    with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
+    with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging, _engine() as engine:
         spec = convert.convert(
             FLAGS.input, staging, FLAGS.number_of_user_features, columns=FLAGS.columns,
             history_length=FLAGS.history_length, train_parts=FLAGS.train_parts, test_parts=FLAGS.test_parts,
-            prebatch_size=FLAGS.prebatch_size,
+            prebatch_size=FLAGS.prebatch_size, engine=engine,
         )
     samples = spec.metadata["samples"]
     rows = samples["train"] + samples["test"]

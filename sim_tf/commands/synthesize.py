@@ -12,7 +12,10 @@ from sim_tf.data.atomic import atomic_directory
 from sim_tf.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("format", "tfrecord", ["tfrecord", "amazon-raw"], "tfrecord: a ready dataset (FeatureSpec + TFRecord); amazon-raw: reviews_Books.json + meta_Books.json in the 2014 formats, for `sim-tf preprocess amazon`.")
+flags.DEFINE_enum("format", "tfrecord", ["tfrecord", "amazon-raw", "events"], "tfrecord: a ready dataset (FeatureSpec + TFRecord); amazon-raw: reviews_Books.json + meta_Books.json in the 2014 formats, for `sim-tf preprocess amazon`; events: an interaction log (user, item, category, time; parquet parts) for `sim-tf preprocess events`.")
+flags.DEFINE_integer("events", 1_000_000, "--format events: rows of the log.", lower_bound=1)
+flags.DEFINE_boolean("events_csv", False, "--format events: write CSV instead of parquet.")
+flags.DEFINE_boolean("events_labels", False, "--format events: add a 0/1 `clicked` column (an impression log).")
 flags.DEFINE_enum("preset", "small", list(synthetic.PRESETS) + list(synthetic.LIFELONG_PRESETS),
                   "Dataset shape to start from (--format tfrecord). lifelong: a behaviour store with histories up to "
                   "--max_history whose signal is older than every sample's last 1,000 behaviours.")
@@ -25,7 +28,7 @@ flags.DEFINE_integer("max_history", None, "Override the lifelong preset's longes
 flags.DEFINE_integer("train_samples", None, "Override the preset's number of training samples.")
 flags.DEFINE_integer("test_samples", None, "Override the preset's number of test samples.")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed writes the same dataset.")
-flags.DEFINE_integer("num_files", 8, "TFRecord shards for the train split (the test split gets a quarter).", lower_bound=1)
+flags.DEFINE_integer("num_files", 8, "TFRecord shards for the train split (the test split gets a quarter); --format events: files of the log.", lower_bound=1)
 flags.DEFINE_integer(
     "prebatch_size", 32, "Samples per TFRecord record (the recipe's prebatched layout; rows are shuffled "
     "before writing). 1 writes one Example per sample, which reads ~3x slower.", lower_bound=1,
@@ -79,8 +82,25 @@ def write_raw():
         amazon_raw.write(config, staging)
 
 
+def write_events():
+    from sim_tf.data.events_log import write_events_log
+
+    users = FLAGS.users or max(1, FLAGS.events // 50)
+    items = FLAGS.items or max(1, FLAGS.events // 25)
+    categories = FLAGS.categories or 1000
+    started = time.perf_counter()
+    with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
+        write_events_log(staging, FLAGS.events, users, items, categories, seed=FLAGS.seed, files=FLAGS.num_files,
+                         csv=FLAGS.events_csv, labels=FLAGS.events_labels)
+    print(f"event log written to {FLAGS.output} in {time.perf_counter() - started:.1f}s: {FLAGS.events:,} events of "
+          f"{users:,} users, {items:,} items, {categories:,} categories in {FLAGS.num_files} file(s)")
+
+
 def main(argv):
     del argv
+    if FLAGS.format == "events":
+        write_events()
+        return
     if FLAGS.format == "amazon-raw":
         started = time.perf_counter()
         write_raw()

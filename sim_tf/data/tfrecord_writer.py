@@ -46,12 +46,12 @@ def feature_names(num_user_features: int, num_item_features: int) -> list[str]:
             + [item_feature(i, role) for role in (TARGET, HISTORY, NEGATIVE_HISTORY) for i in range(num_item_features)])
 
 
-def shard_file(split: str, index: int) -> str:
-    return f"{split}/part_{index:04d}.tfrecord"
+def shard_file(split: str, index: int, prefix: str = "") -> str:
+    return f"{split}/{prefix}part_{index:04d}.tfrecord"
 
 
-def remainder_file(split: str) -> str:
-    return f"{split}/remainder.tfrecord"
+def remainder_file(split: str, prefix: str = "") -> str:
+    return f"{split}/{prefix}remainder.tfrecord"
 
 
 def _varint_width(values: np.ndarray) -> int:
@@ -161,13 +161,14 @@ class ShardWriter:
     samples) in ``SPLIT/remainder.tfrecord``, the recipe's layout. :meth:`close` returns the files written,
     relative to ``folder``."""
 
-    def __init__(self, folder: str, split: str, total_rows: int, parts: int, prebatch: int):
+    def __init__(self, folder: str, split: str, total_rows: int, parts: int, prebatch: int, prefix: str = ""):
         import tensorflow as tf
 
         self.tf = tf
         self.folder = folder
         self.split = split
         self.prebatch = prebatch
+        self.prefix = prefix  # file names SPLIT/PREFIXpart_0000.tfrecord: writers of one split side by side
         records = total_rows // prebatch
         self.parts = max(1, min(parts, records)) if records else 1
         self.bounds = (np.linspace(0, records, self.parts + 1).astype(np.int64) * prebatch)[1:]
@@ -180,7 +181,7 @@ class ShardWriter:
         tf.io.gfile.makedirs(os.path.join(folder, split))
 
     def _open(self):
-        rel = shard_file(self.split, self.part)
+        rel = shard_file(self.split, self.part, self.prefix)
         self.files.append(rel)
         self.writer = self.tf.io.TFRecordWriter(os.path.join(self.folder, rel))
 
@@ -222,7 +223,7 @@ class ShardWriter:
             self.writer = None
         if self.pending_rows:  # fewer than one record's worth: the recipe's remainder.tfrecord
             rest = {k: np.concatenate(v).reshape(1, -1) for k, v in self.pending.items()}
-            rel = remainder_file(self.split)
+            rel = remainder_file(self.split, self.prefix)
             with self.tf.io.TFRecordWriter(os.path.join(self.folder, rel)) as writer:
                 writer.write(encode_examples(rest)[0])
             self.files.append(rel)

@@ -14,6 +14,7 @@ the value: a converted dataset never holds ids its tables cannot look up.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -167,6 +168,50 @@ def _check_range(values: np.ndarray, cardinality: int, name: str, path: str) -> 
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What converting a file needs to know: the features, their cardinalities and the output shape."""
+
+    users: list
+    items: list
+    feature_names: list
+    cardinalities: list
+    columns: str
+    history_length: int
+    prebatch_size: int
+
+
+def convert_files(sources: list[str], output_dir: str, split: str, total: int, parts: int, layout: Layout,
+                  prefix: str, show_progress: bool = True) -> tuple[list[str], int]:
+    """Converts parquet ``sources`` (in order) into ``parts`` shards named with ``prefix``; returns (the
+    files written, rows). Runs in this process or as one Dask task per file."""
+    users, items = layout.users, layout.items
+    writer = tfrecord_writer.ShardWriter(output_dir, split, total, parts, layout.prebatch_size, prefix)
+    progress = Progress(f"converting {split}", unit="rows", enabled=show_progress)
+    done = 0
+    for path in sources:
+        parquet = open_parquet(path)
+        names = column_names(parquet.schema_arrow.names, users, items, layout.columns, path)
+        for batch in record_batches(parquet, path, names):
+            out = {}
+            for index, (target, source) in enumerate(zip(layout.feature_names, names)):
+                column = batch.column(source)
+                if index > len(users) + len(items):
+                    values = pad_lists(column, layout.history_length, source, path)
+                else:
+                    values = scalar_column(column, source, path)
+                if index == 0:
+                    if values.size and (values.min() < 0 or values.max() > 1):
+                        raise UserError(f"{path}: label column {source!r} holds values other than 0 and 1")
+                else:
+                    _check_range(values, layout.cardinalities[index], source, path)
+                out[target] = values
+            writer.add(out)
+            done += batch.num_rows
+            progress.update(done, done / max(total, 1))
+    return writer.close(), done
+
+
 def convert(
     input_dir: str,
     output_dir: str,
@@ -177,8 +222,13 @@ def convert(
     test_parts: int = 1,
     prebatch_size: int = 1,
     log: Callable[[str], None] = print,
+    engine=None,
 ) -> fs.FeatureSpec:
-    """Converts a BYO parquet folder; writes into ``output_dir`` (use an empty or staging folder)."""
+    """Converts a BYO parquet folder; writes into ``output_dir`` (use an empty or staging folder).
+
+    With an ``engine`` (sim_tf.preprocess.events.Engine: a Dask cluster) every parquet file is converted
+    by its own task into its own shards, about ``train_parts`` / ``test_parts`` in all, shared out by rows;
+    without, the files are read in order into exactly that many shards."""
     import pyarrow.parquet as pq
 
     if columns not in COLUMN_MODES:
@@ -188,40 +238,31 @@ def convert(
     users, items = read_metadata(input_dir, number_of_user_features)
     feature_names = tfrecord_writer.feature_names(len(users), len(items))
     cardinalities = [None] + [c for _, c in users] + [c for _, c in items] * 3
+    layout = Layout(users, items, feature_names, cardinalities, columns, history_length, prebatch_size)
     samples = {}
     files = {}
     for split, parts in (("train", train_parts), ("test", test_parts)):
         sources = parquet_files(input_dir, split)
-        total = 0
+        row_counts = []
         for path in sources:
             try:
-                total += pq.ParquetFile(path).metadata.num_rows
+                row_counts.append(pq.ParquetFile(path).metadata.num_rows)
             except Exception as e:  # pyarrow raises several kinds for a broken file
                 raise UserError(f"{path} is not a readable parquet file: {e}") from None
-        writer = tfrecord_writer.ShardWriter(output_dir, split, total, parts, prebatch_size)
+        total = sum(row_counts)
         progress = Progress(f"converting {split}", unit="rows")
-        done = 0
-        for path in sources:
-            parquet = open_parquet(path)
-            names = column_names(parquet.schema_arrow.names, users, items, columns, path)
-            for batch in record_batches(parquet, path, names):
-                out = {}
-                for index, (target, source) in enumerate(zip(feature_names, names)):
-                    column = batch.column(source)
-                    if index > len(users) + len(items):
-                        values = pad_lists(column, history_length, source, path)
-                    else:
-                        values = scalar_column(column, source, path)
-                    if index == 0:
-                        if values.size and (values.min() < 0 or values.max() > 1):
-                            raise UserError(f"{path}: label column {source!r} holds values other than 0 and 1")
-                    else:
-                        _check_range(values, cardinalities[index], source, path)
-                    out[target] = values
-                writer.add(out)
-                done += batch.num_rows
-                progress.update(done, done / max(total, 1))
-        files[split] = writer.close()
+        if engine is None:
+            files[split], done = convert_files(sources, output_dir, split, total, parts, layout, "")
+        else:
+            # One task per source file, each writing its own shards (FILE-part_0000.tfrecord ...).
+            import dask
+
+            tasks = [dask.delayed(convert_files)([path], output_dir, split, rows,
+                                                 max(1, round(parts * rows / max(total, 1))), layout, f"{index:05d}-", False)
+                     for index, (path, rows) in enumerate(zip(sources, row_counts))]
+            results = engine.run(tasks, f"converting {split}", unit="files")
+            files[split] = [f for written, _ in results for f in written]
+            done = sum(rows for _, rows in results)
         samples[split] = done
         if done == 0:
             raise UserError(f"the {split} parquet files in {os.path.join(input_dir, split)!r} hold no rows")

@@ -76,6 +76,27 @@ def test_convert_by_position_and_by_name_then_read(tmp_path, mode, prebatch):
     assert train_users == list(range(1, 24))  # every row once, in order
 
 
+def test_files_converted_in_parallel_on_dask_hold_the_same_rows(tmp_path):
+    pytest.importorskip("distributed")
+    from sim_tf.preprocess.events import Engine
+
+    write_byo(tmp_path / "byo", names=("label", "uid", "item", "cat", "item_sequence", "cat_sequence",
+                                       "neg_item_sequence", "neg_cat_sequence"))
+    out = str(tmp_path / "tf")
+    with Engine(workers=0, log=lambda s: None) as engine:  # the task path, in this process
+        spec = convert.convert(str(tmp_path / "byo"), out, 1, columns="by_name", history_length=L, train_parts=4,
+                               prebatch_size=4, log=lambda s: None, engine=engine)
+    assert spec.metadata["samples"] == {"train": 23, "test": 7}
+    # Two source files per split, each its own shards (and remainder): 11 rows = 2 x 4 + 3, 12 = 3 x 4.
+    assert [os.path.basename(f) for f in spec.files("train")] == [
+        "00000-part_0000.tfrecord", "00000-part_0001.tfrecord", "00000-remainder.tfrecord",
+        "00001-part_0000.tfrecord", "00001-part_0001.tfrecord"]
+    loaded = fs.FeatureSpec.from_yaml(os.path.join(out, "feature_spec.yaml"))
+    train_items = [int(u) for f, _ in data.make_dataset(loaded, "train", 5, options=data.InputOptions(
+        long_seq_length=2, shuffle=False)) for u in f["target_item_features"][0]]
+    assert train_items == list(range(1, 24))  # every row once, in file order
+
+
 def test_out_of_range_ids_and_bad_columns_are_reported(tmp_path):
     def too_big(columns):
         columns[4][3] = [1, 41]
