@@ -597,6 +597,10 @@ def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engi
 
     parts = [p for p in range(partitions) if os.path.exists(os.path.join(work, f"part.{p}.parquet"))]
     part_path = {p: os.path.join(work, f"part.{p}.parquet") for p in parts}
+    shuffled_bytes = sum(os.path.getsize(part_path[p]) for p in parts)
+    log(f"user parts: {shuffled_bytes / 2**20:,.1f} MiB ({shuffled_bytes / events:.1f} bytes/event), the largest "
+        f"{max(os.path.getsize(part_path[p]) for p in parts) / 2**20:,.1f} MiB")
+    step = time.perf_counter()
     stats = engine.run([dask.delayed(part_stats)(part_path[p], config) for p in parts], "vocabularies")
     by_part = {p: s for p, s in zip(parts, stats)}
     empty = (np.array([], dtype=object), pd.DataFrame())
@@ -604,8 +608,9 @@ def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engi
     log(f"{vocab.num_users:,} users with >= {config.min_events} events, {vocab.items.size:,} items"
         + "".join(f", {vocab.feature_values[f].size:,} {f} values" for f in config.features)
         + (f"; {vocab.inconsistent_items:,} item(s) logged with more than one feature value kept the largest"
-           if vocab.inconsistent_items else ""))
+           if vocab.inconsistent_items else "") + f" ({time.perf_counter() - step:.1f}s)")
     write_mappings(output, vocab, config)
+    step = time.perf_counter()
 
     if engine.client is not None:
         [vocab_ref] = engine.client.scatter([vocab], broadcast=True)
@@ -634,6 +639,7 @@ def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engi
         results = engine.run([dask.delayed(store_arrays)(part_path[p], p, vocab_ref, config) for p in parts],
                              "building histories")
         counts = write_store(output, results, vocab, config, log)
+    log(f"wrote {counts['train']:,} train and {counts['test']:,} test samples in {time.perf_counter() - step:.1f}s")
     import shutil
 
     shutil.rmtree(work)
