@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
+import logging
 import os
 import time
 from typing import Callable
@@ -117,19 +119,48 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def uniform_draws(seed: int, users: np.ndarray, ranks: np.ndarray, slots: int) -> np.ndarray:
-    """[n, slots] float64 in [0, 1): a function of (seed, user, rank, slot) only."""
+def draw_bits(seed: int, users: np.ndarray, ranks: np.ndarray, slots) -> np.ndarray:
+    """uint64 random bits, one per (user, rank, slot) (arrays of one shape, or broadcastable): a function
+    of (seed, user, rank, slot) only."""
     with np.errstate(over="ignore"):
-        key = (_mix(np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15) * users.astype(np.uint64))
-               ^ (ranks.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)))[:, None]
-        bits = _mix(key + np.arange(1, slots + 1, dtype=np.uint64)[None, :] * np.uint64(0x9E3779B97F4A7C15))
-    return (bits >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        key = _mix(np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15) * np.asarray(users).astype(np.uint64)) \
+            ^ (np.asarray(ranks).astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
+        return _mix(key + (np.asarray(slots).astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
 
 
-def popular_items(cumulative: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """Dense item ids (1-based) drawn with probability proportional to their counts: ``cumulative`` is
-    the running total of the counts of items 1..I."""
-    return (np.searchsorted(cumulative, draws * cumulative[-1], side="right") + 1).astype(np.int64)
+class Popularity:
+    """Walker's alias table over items 1..I weighted by ``counts``: a draw is one bucket (the high 32 bits
+    of a random word) and one coin (the low 32 bits) against the bucket's threshold, O(1) whatever the
+    number of items (a binary search over the cumulative counts costs ~18 cache misses at 200k items)."""
+
+    def __init__(self, counts: np.ndarray):
+        counts = np.asarray(counts, np.float64)
+        if counts.sum() <= 0:
+            counts = np.ones_like(counts)
+        n = counts.size
+        scaled = counts * n / counts.sum()
+        threshold = np.ones(n)
+        alias = np.arange(n, dtype=np.int64)
+        small = [int(i) for i in np.flatnonzero(scaled < 1.0)]
+        large = [int(i) for i in np.flatnonzero(scaled >= 1.0)]
+        scaled = scaled.tolist()
+        while small and large:  # Vose's construction, exact up to float rounding
+            s_i, l_i = small.pop(), large[-1]
+            threshold[s_i], alias[s_i] = scaled[s_i], l_i
+            scaled[l_i] -= 1.0 - scaled[s_i]
+            if scaled[l_i] < 1.0:
+                small.append(large.pop())
+        # Coins compare 32-bit integers: bucket i keeps itself when coin < threshold[i] * 2**32 (a
+        # threshold of 2**32, "always", is stored as such, so the table is int64).
+        self.threshold = np.minimum(np.round(threshold * 2.0**32), 2.0**32).astype(np.int64)
+        self.alias = (alias + 1).astype(np.int32)  # as 1-based ids
+        self.size = n
+
+    def draw(self, bits: np.ndarray) -> np.ndarray:
+        """Dense item ids (1-based, int32), one per uint64 of ``bits``."""
+        bucket = (((bits >> np.uint64(32)) * np.uint64(self.size)) >> np.uint64(32)).astype(np.int64)
+        keep = (bits & np.uint64(0xFFFFFFFF)).astype(np.int64) < self.threshold[bucket]
+        return np.where(keep, (bucket + 1).astype(np.int32), self.alias[bucket])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,7 +312,7 @@ class Vocabulary:
     items: np.ndarray  # sorted raw item ids; dense id = index + 1
     popularity: np.ndarray  # [I] int64 positive events per dense item
     feature_values: dict  # feature -> sorted raw values
-    item_features: dict  # feature -> [I + 1] int64 dense value of each dense item (0 for padding)
+    item_features: dict  # feature -> [I + 1] int32 dense value of each dense item (0 for padding)
     part_users: list  # per part: sorted raw user ids of the kept users
     user_offsets: np.ndarray  # [parts + 1]: part p's users get dense ids offsets[p] + 1 ...
     inconsistent_items: int
@@ -290,9 +321,23 @@ class Vocabulary:
     def num_users(self) -> int:
         return int(self.user_offsets[-1])
 
-    def cumulative(self) -> np.ndarray:
-        weights = self.popularity if self.popularity.sum() > 0 else np.ones_like(self.popularity)
-        return np.cumsum(weights)
+    def dense(self, name: str, raw: np.ndarray) -> np.ndarray:
+        """Dense ids (1-based) of raw item or feature values, through a hash index built once per process."""
+        index = self.__dict__.setdefault("_indexes", {}).get(name)
+        if index is None:
+            import pandas as pd
+
+            index = pd.Index(self.items if name == _ITEM else self.feature_values[name])
+            self._indexes[name] = index
+        return index.get_indexer(raw).astype(np.int64) + 1
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_indexes"}
+
+    @functools.cached_property
+    def sampler(self) -> Popularity:
+        """Built once where it is first used (the driver builds it before the vocabulary is sent)."""
+        return Popularity(self.popularity)
 
 
 def merge_stats(stats: list, config: EventsConfig) -> Vocabulary:
@@ -316,7 +361,7 @@ def merge_stats(stats: list, config: EventsConfig) -> Vocabulary:
     for f in config.features:
         values = np.sort(pd.unique(table[f"{f}_max"].to_numpy(dtype=object)))
         feature_values[f] = values
-        dense = np.zeros(len(table) + 1, np.int64)
+        dense = np.zeros(len(table) + 1, np.int32)
         dense[1:] = np.searchsorted(values, table[f"{f}_max"].to_numpy(dtype=object)) + 1
         item_features[f] = dense
         inconsistent |= (table[f"{f}_min"] != table[f"{f}_max"]).to_numpy()
@@ -329,21 +374,16 @@ def merge_stats(stats: list, config: EventsConfig) -> Vocabulary:
 # pass 3: samples
 
 
-def _dense(sorted_values: np.ndarray, raw) -> np.ndarray:
-    return np.searchsorted(sorted_values, np.asarray(raw, dtype=object)).astype(np.int64) + 1
-
-
 def sequences(path: str, part: int, vocab: Vocabulary, config: EventsConfig):
     """One part's kept events as dense arrays sorted by (user, time, item, features, label)."""
     import pandas as pd
 
     frame = _kept(pd.read_parquet(path), config.min_events)
-    user = np.searchsorted(vocab.part_users[part], frame[_USER].to_numpy(dtype=object)).astype(np.int64) + 1 \
-        + vocab.user_offsets[part]
-    item = _dense(vocab.items, frame[_ITEM].to_numpy(dtype=object))
+    user = pd.Index(vocab.part_users[part]).get_indexer(frame[_USER]).astype(np.int64) + 1 + vocab.user_offsets[part]
+    item = vocab.dense(_ITEM, frame[_ITEM])
     label = frame[_LABEL].to_numpy(np.int64) if config.label_col else np.ones(len(frame), np.int64)
     times = frame[_TIME].to_numpy(np.int64)
-    logged = [_dense(vocab.feature_values[f], frame[f].to_numpy(dtype=object)) for f in config.features]
+    logged = [vocab.dense(f, frame[f]) for f in config.features]
     order = np.lexsort((label, *reversed(logged), item, times, user))
     return user[order], times[order], item[order], label[order]
 
@@ -370,22 +410,29 @@ def build_samples(user, times, item, label, vocab: Vocabulary, config: EventsCon
     eligible = history_count >= config.min_history
     return {"user": user, "rank": rank, "item": item, "label": label, "test": is_test, "eligible": eligible,
             "end": before, "user_first_positive": np.repeat(before[starts], lengths) if n else before,
-            "positive_items": item[positive]}
+            "positive_items": item[positive].astype(np.int32)}
 
 
 def materialize(samples: dict, rows: np.ndarray, negative: np.ndarray, vocab: Vocabulary, config: EventsConfig,
-                cumulative: np.ndarray) -> dict:
+                popularity: Popularity) -> dict:
     """The output columns of samples ``rows``; ``negative`` marks the rows that are a positive's negative
     twin (same user and history, a popularity-drawn target, label 0)."""
     length = config.history_length
     end = samples["end"][rows]
-    positions = end[:, None] - length + np.arange(length)[None, :]
+    positions = end[:, None] - length + np.arange(length, dtype=end.dtype)[None, :]
     valid = positions >= samples["user_first_positive"][rows][:, None]
-    items = np.where(valid, samples["positive_items"][np.maximum(positions, 0)], 0) \
-        if samples["positive_items"].size else np.zeros_like(positions)
-    draws = uniform_draws(config.seed, samples["user"][rows], samples["rank"][rows], length + 1)
-    negatives = np.where(valid, popular_items(cumulative, draws[:, 1:]), 0)
-    target = np.where(negative, popular_items(cumulative, draws[:, 0]), samples["item"][rows])
+    items = np.zeros(positions.shape, np.int32)
+    items[valid] = samples["positive_items"][positions[valid]]
+    users, ranks = samples["user"][rows], samples["rank"][rows]
+    # Draws only where the history is real (slot 1 + position); slot 0 is the negative twin's target.
+    at, slot = np.nonzero(valid)
+    negatives = np.zeros(positions.shape, np.int32)
+    negatives[at, slot] = popularity.draw(draw_bits(config.seed, users[at], ranks[at], slot + 1))
+    target = samples["item"][rows]
+    if negative.any():
+        twin = np.flatnonzero(negative)
+        target = target.copy()
+        target[twin] = popularity.draw(draw_bits(config.seed, users[twin], ranks[twin], 0))
     label = np.where(negative, 0, samples["label"][rows])
     columns = {"label": label, "uid": samples["user"][rows], "item": target}
     for f in config.features:
@@ -419,12 +466,12 @@ def _arrow(columns: dict):
 
     arrays = []
     for values in columns.values():
-        values = np.ascontiguousarray(values)
         if values.ndim == 1:
-            arrays.append(pa.array(values.astype(np.int64)))
+            arrays.append(pa.array(np.asarray(values, dtype=np.int64)))
         else:  # histories: list<int32>, half the bytes of int64
             offsets = np.arange(values.shape[0] + 1, dtype=np.int32) * values.shape[1]
-            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1).astype(np.int32))))
+            flat = np.ascontiguousarray(values, dtype=np.int32).reshape(-1)  # no copy when already int32
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)))
     return pa.Table.from_arrays(arrays, names=list(columns))
 
 
@@ -435,7 +482,7 @@ def write_samples(path: str, part: int, output: str, vocab: Vocabulary, config: 
     import pyarrow.parquet as pq
 
     samples = build_samples(*sequences(path, part, vocab, config), vocab, config)
-    cumulative = vocab.cumulative()
+    popularity = vocab.sampler
     counts = {"train": 0, "test": 0}
     for split in ("train", "test"):
         rows, negative = chosen_rows(samples, split, config, part)
@@ -445,7 +492,7 @@ def write_samples(path: str, part: int, output: str, vocab: Vocabulary, config: 
         try:
             for start in range(0, rows.size, rows_per_group):
                 chunk = slice(start, start + rows_per_group)
-                table = _arrow(materialize(samples, rows[chunk], negative[chunk], vocab, config, cumulative))
+                table = _arrow(materialize(samples, rows[chunk], negative[chunk], vocab, config, popularity))
                 if writer is None:
                     # Dictionary encoding and statistics buy little on id lists and cost write speed.
                     writer = pq.ParquetWriter(os.path.join(output, split, f"part.{part}.parquet"), table.schema,
@@ -465,11 +512,11 @@ def store_arrays(path: str, part: int, vocab: Vocabulary, config: EventsConfig) 
     samples = build_samples(user, times, item, label, vocab, config)
     positive = label == 1
     out = {"user": user[positive], "item": item[positive], "time": times[positive], "splits": {}}
-    cumulative = vocab.cumulative()
+    popularity = vocab.sampler
     for split in ("train", "test"):
         rows, negative = chosen_rows(samples, split, config, part)
-        draws = uniform_draws(config.seed, samples["user"][rows], samples["rank"][rows], 1)[:, 0]
-        target = np.where(negative, popular_items(cumulative, draws), samples["item"][rows])
+        bits = draw_bits(config.seed, samples["user"][rows], samples["rank"][rows], 0)
+        target = np.where(negative, popularity.draw(bits), samples["item"][rows])
         out["splits"][split] = (samples["user"][rows], samples["end"][rows] - samples["user_first_positive"][rows],
                                 target, np.where(negative, 0, samples["label"][rows]))
     return out
@@ -510,6 +557,12 @@ class Engine:
                 f"{_limit_text(self.cluster)} each (dashboard: {self.client.dashboard_link})")
 
     def __enter__(self):
+        # Dask's own INFO/WARNING lines (workers starting and closing, shuffles finishing) are not the
+        # user's business (importing distributed sets its loggers' levels, so this comes after); errors
+        # still show, and the progress lines say what is happening.
+        for name in list(logging.root.manager.loggerDict):
+            if name == "distributed" or name.startswith("distributed."):
+                logging.getLogger(name).setLevel(logging.ERROR)
         return self
 
     def __exit__(self, *exc):
@@ -612,6 +665,7 @@ def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engi
     write_mappings(output, vocab, config)
     step = time.perf_counter()
 
+    vocab.sampler  # noqa: B018 - the alias table travels with the vocabulary
     if engine.client is not None:
         [vocab_ref] = engine.client.scatter([vocab], broadcast=True)
     else:

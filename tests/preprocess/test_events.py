@@ -118,6 +118,20 @@ def test_negatives_follow_popularity(tmp_path):
     assert 0.5 * np.abs(got - want).sum() < 0.03  # total variation against the popularity
 
 
+def test_the_alias_table_draws_items_in_proportion_to_their_counts():
+    counts = np.array([1, 2, 3, 0, 4, 7, 1])
+    table = events.Popularity(counts)
+    keep = table.threshold.astype(np.float64) / 2**32
+    # Exactly: item i is drawn from its own bucket (keep_i) and from every bucket aliased to it (ids 1-based).
+    exact = [(keep[i] + sum(1 - keep[j] for j in range(counts.size) if table.alias[j] == i + 1 and j != i)) / counts.size
+             for i in range(counts.size)]
+    np.testing.assert_allclose(exact, counts / counts.sum(), atol=1e-9)
+    bits = events.draw_bits(0, np.arange(20_000)[:, None], 0, np.arange(5)[None, :]).reshape(-1)
+    drawn = np.bincount(table.draw(bits), minlength=counts.size + 1)[1:] / bits.size
+    np.testing.assert_allclose(drawn, counts / counts.sum(), atol=0.01)
+    assert drawn[3] == 0
+
+
 def test_one_process_and_a_two_worker_cluster_write_the_same_bytes(tmp_path):
     write_events_log(str(tmp_path / "log"), 30_000, 400, 300, 20, seed=2, files=3)
     single, cluster = str(tmp_path / "single"), str(tmp_path / "cluster")
