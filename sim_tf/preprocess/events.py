@@ -291,12 +291,17 @@ def _kept(frame, min_events: int):
     return frame[counts.to_numpy() >= min_events]
 
 
+def part_users(frame) -> np.ndarray:
+    """The sorted raw ids of a part's (kept) users: user u of part p gets dense id offsets[p] + rank + 1."""
+    return np.sort(frame[_USER].unique().to_numpy(dtype=object)) if len(frame) else np.array([], dtype=object)
+
+
 def part_stats(path: str, config: EventsConfig):
-    """(kept users sorted, item statistics frame, feature value sets) of one user part."""
+    """(kept users, item statistics) of one user part: per item its events, positives and each feature's
+    smallest and largest raw value."""
     import pandas as pd
 
     frame = _kept(pd.read_parquet(path), config.min_events)
-    users = np.sort(frame[_USER].unique().astype(object)) if len(frame) else np.array([], dtype=object)
     positive = frame if not config.label_col else frame[frame[_LABEL] == 1]
     aggregations = {"events": (_ITEM, "size")}
     for f in config.features:
@@ -304,7 +309,25 @@ def part_stats(path: str, config: EventsConfig):
         aggregations[f"{f}_max"] = (f, "max")
     items = frame.groupby(_ITEM, sort=False).agg(**aggregations)
     items["positives"] = positive.groupby(_ITEM, sort=False).size().reindex(items.index, fill_value=0)
-    return users, items
+    return int(frame[_USER].nunique()), items
+
+
+def combine_items(frames: list, features: tuple):
+    """Item statistics of several parts merged (sums of counts, min of minima, max of maxima): a node of
+    the reduction tree, so the driver receives one row per item whatever the number of parts."""
+    import pandas as pd
+
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame()
+    if len(frames) == 1:
+        return frames[0]
+    grouped = pd.concat(frames).groupby(level=0, sort=False)
+    merged = grouped[["events", "positives"]].sum()
+    for f in features:
+        merged[f"{f}_min"] = grouped[f"{f}_min"].min()
+        merged[f"{f}_max"] = grouped[f"{f}_max"].max()
+    return merged
 
 
 @dataclasses.dataclass
@@ -313,8 +336,7 @@ class Vocabulary:
     popularity: np.ndarray  # [I] int64 positive events per dense item
     feature_values: dict  # feature -> sorted raw values
     item_features: dict  # feature -> [I + 1] int32 dense value of each dense item (0 for padding)
-    part_users: list  # per part: sorted raw user ids of the kept users
-    user_offsets: np.ndarray  # [parts + 1]: part p's users get dense ids offsets[p] + 1 ...
+    user_offsets: np.ndarray  # [parts + 1]: part p's users get dense ids offsets[p] + 1 ... (part_users order)
     inconsistent_items: int
 
     @property
@@ -340,20 +362,12 @@ class Vocabulary:
         return Popularity(self.popularity)
 
 
-def merge_stats(stats: list, config: EventsConfig) -> Vocabulary:
+def make_vocabulary(user_counts: list, table, config: EventsConfig) -> Vocabulary:
+    """Dense ids from the merged item statistics (combine_items) and the parts' kept-user counts."""
     import pandas as pd
 
-    part_users = [s[0] for s in stats]
-    frames = [s[1] for s in stats if len(s[1])]
-    if not frames:
+    if not len(table):
         raise UserError(f"no user has {config.min_events} or more events; lower --min_events")
-    items = pd.concat(frames)
-    sums = items.groupby(level=0, sort=False)[["events", "positives"]].sum()
-    merged = {"positives": sums["positives"]}
-    for f in config.features:
-        merged[f"{f}_min"] = items.groupby(level=0, sort=False)[f"{f}_min"].min()
-        merged[f"{f}_max"] = items.groupby(level=0, sort=False)[f"{f}_max"].max()
-    table = pd.DataFrame(merged)
     table = table.loc[np.sort(table.index.to_numpy(dtype=object))]
     raw_items = table.index.to_numpy(dtype=object)
     feature_values, item_features = {}, {}
@@ -365,21 +379,24 @@ def merge_stats(stats: list, config: EventsConfig) -> Vocabulary:
         dense[1:] = np.searchsorted(values, table[f"{f}_max"].to_numpy(dtype=object)) + 1
         item_features[f] = dense
         inconsistent |= (table[f"{f}_min"] != table[f"{f}_max"]).to_numpy()
-    counts = np.array([len(u) for u in part_users], np.int64)
-    return Vocabulary(raw_items, table["positives"].to_numpy(np.int64), feature_values, item_features, part_users,
-                      np.concatenate([[0], np.cumsum(counts)]), int(inconsistent.sum()))
+    return Vocabulary(raw_items, table["positives"].to_numpy(np.int64), feature_values, item_features,
+                      np.concatenate([[0], np.cumsum(np.asarray(user_counts, np.int64))]), int(inconsistent.sum()))
 
 
 # --------------------------------------------------------------------------------------------------
 # pass 3: samples
 
 
-def sequences(path: str, part: int, vocab: Vocabulary, config: EventsConfig):
-    """One part's kept events as dense arrays sorted by (user, time, item, features, label)."""
+def sequences(path: str, part: int, output: str, vocab: Vocabulary, config: EventsConfig):
+    """One part's kept events as dense arrays sorted by (user, time, item, features, label); writes the
+    part's user mapping (mapping/user/part.N.parquet)."""
     import pandas as pd
 
     frame = _kept(pd.read_parquet(path), config.min_events)
-    user = pd.Index(vocab.part_users[part]).get_indexer(frame[_USER]).astype(np.int64) + 1 + vocab.user_offsets[part]
+    raw_users = part_users(frame)
+    write_mapping(os.path.join(output, "mapping", config.user_col, f"part.{part}.parquet"), raw_users,
+                  int(vocab.user_offsets[part]))
+    user = pd.Index(raw_users).get_indexer(frame[_USER]).astype(np.int64) + 1 + vocab.user_offsets[part]
     item = vocab.dense(_ITEM, frame[_ITEM])
     label = frame[_LABEL].to_numpy(np.int64) if config.label_col else np.ones(len(frame), np.int64)
     times = frame[_TIME].to_numpy(np.int64)
@@ -481,7 +498,7 @@ def write_samples(path: str, part: int, output: str, vocab: Vocabulary, config: 
     group's histories); returns row counts."""
     import pyarrow.parquet as pq
 
-    samples = build_samples(*sequences(path, part, vocab, config), vocab, config)
+    samples = build_samples(*sequences(path, part, output, vocab, config), vocab, config)
     popularity = vocab.sampler
     counts = {"train": 0, "test": 0}
     for split in ("train", "test"):
@@ -505,10 +522,10 @@ def write_samples(path: str, part: int, output: str, vocab: Vocabulary, config: 
     return counts
 
 
-def store_arrays(path: str, part: int, vocab: Vocabulary, config: EventsConfig) -> dict:
+def store_arrays(path: str, part: int, output: str, vocab: Vocabulary, config: EventsConfig) -> dict:
     """Pass 3 for one part (behaviour store): the positive events per user and the samples by reference
     (user, position in the user's positive events, target, label)."""
-    user, times, item, label = sequences(path, part, vocab, config)
+    user, times, item, label = sequences(path, part, output, vocab, config)
     samples = build_samples(user, times, item, label, vocab, config)
     positive = label == 1
     out = {"user": user[positive], "item": item[positive], "time": times[positive], "splits": {}}
@@ -536,6 +553,8 @@ class Engine:
         self.client = None
         self.cluster = None
         self.log = log
+        if scheduler or workers > 0:
+            _quiet_dask()
         if scheduler:
             from distributed import Client
 
@@ -557,12 +576,6 @@ class Engine:
                 f"{_limit_text(self.cluster)} each (dashboard: {self.client.dashboard_link})")
 
     def __enter__(self):
-        # Dask's own INFO/WARNING lines (workers starting and closing, shuffles finishing) are not the
-        # user's business (importing distributed sets its loggers' levels, so this comes after); errors
-        # still show, and the progress lines say what is happening.
-        for name in list(logging.root.manager.loggerDict):
-            if name == "distributed" or name.startswith("distributed."):
-                logging.getLogger(name).setLevel(logging.ERROR)
         return self
 
     def __exit__(self, *exc):
@@ -604,6 +617,17 @@ class Engine:
                 done += 1
                 progress.update(done, done / max(1, len(futures)))
         return results
+
+
+def _quiet_dask() -> None:
+    """Dask's own INFO/WARNING lines (workers starting and closing, shuffles finishing) are not the user's
+    business; errors still show, and the progress lines say what is happening. Importing distributed sets
+    its loggers' levels, so this comes after."""
+    import distributed  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager
@@ -654,10 +678,13 @@ def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engi
     log(f"user parts: {shuffled_bytes / 2**20:,.1f} MiB ({shuffled_bytes / events:.1f} bytes/event), the largest "
         f"{max(os.path.getsize(part_path[p]) for p in parts) / 2**20:,.1f} MiB")
     step = time.perf_counter()
-    stats = engine.run([dask.delayed(part_stats)(part_path[p], config) for p in parts], "vocabularies")
-    by_part = {p: s for p, s in zip(parts, stats)}
-    empty = (np.array([], dtype=object), pd.DataFrame())
-    vocab = merge_stats([by_part.get(p, empty) for p in range(partitions)], config)
+    stats = [dask.delayed(part_stats, nout=2)(part_path[p], config) for p in parts]
+    level = [s[1] for s in stats]
+    while len(level) > 1:  # a tree of merges, 8 at a time, so the driver gets one row per item
+        level = [dask.delayed(combine_items)(level[i:i + 8], config.features) for i in range(0, len(level), 8)]
+    results = engine.run([level[0], *(s[0] for s in stats)], "vocabularies")
+    by_part = dict(zip(parts, results[1:]))
+    vocab = make_vocabulary([by_part.get(p, 0) for p in range(partitions)], results[0], config)
     log(f"{vocab.num_users:,} users with >= {config.min_events} events, {vocab.items.size:,} items"
         + "".join(f", {vocab.feature_values[f].size:,} {f} values" for f in config.features)
         + (f"; {vocab.inconsistent_items:,} item(s) logged with more than one feature value kept the largest"
@@ -690,7 +717,7 @@ def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engi
         with open(os.path.join(output, "metadata.json"), "w") as f:
             json.dump(metadata, f, indent=2)
     else:
-        results = engine.run([dask.delayed(store_arrays)(part_path[p], p, vocab_ref, config) for p in parts],
+        results = engine.run([dask.delayed(store_arrays)(part_path[p], p, output, vocab_ref, config) for p in parts],
                              "building histories")
         counts = write_store(output, results, vocab, config, log)
     log(f"wrote {counts['train']:,} train and {counts['test']:,} test samples in {time.perf_counter() - step:.1f}s")
@@ -702,20 +729,22 @@ def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engi
     return counts
 
 
-def write_mappings(output: str, vocab: Vocabulary, config: EventsConfig) -> None:
-    """mapping/{user,item,FEATURE}.parquet: (raw value as a string, dense id), so predictions join back."""
+def write_mapping(path: str, raw: np.ndarray, first: int = 0) -> None:
+    """(raw value as a string, dense id) for ``raw`` in order, ids from ``first`` + 1."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = os.path.join(output, "mapping")
-    os.makedirs(folder, exist_ok=True)
-    users = np.concatenate([u for u in vocab.part_users if len(u)]) if vocab.num_users else np.array([], object)
-    tables = {config.user_col: users, config.item_col: vocab.items,
-              **{f: vocab.feature_values[f] for f in config.features}}
-    for name, raw in tables.items():
-        pq.write_table(pa.table({"raw": pa.array([str(v) for v in raw], pa.string()),
-                                 "id": pa.array(np.arange(1, len(raw) + 1, dtype=np.int64))}),
-                       os.path.join(folder, f"{name}.parquet"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.table({"raw": pa.array([str(v) for v in raw], pa.string()),
+                             "id": pa.array(np.arange(first + 1, first + len(raw) + 1, dtype=np.int64))}), path)
+
+
+def write_mappings(output: str, vocab: Vocabulary, config: EventsConfig) -> None:
+    """mapping/{item,FEATURE}.parquet: (raw value, dense id), so predictions join back to the log's ids;
+    mapping/USER/ holds the users' mapping, a part per user part (written by the parts' tasks)."""
+    write_mapping(os.path.join(output, "mapping", f"{config.item_col}.parquet"), vocab.items)
+    for f in config.features:
+        write_mapping(os.path.join(output, "mapping", f"{f}.parquet"), vocab.feature_values[f])
 
 
 def write_store(output: str, results: list, vocab: Vocabulary, config: EventsConfig, log) -> dict:

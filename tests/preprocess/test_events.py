@@ -59,7 +59,9 @@ def test_a_hand_worked_log(tmp_path):
     counts = run(path, out)
     assert (counts["users"], counts["items"], counts["train"], counts["test"]) == (2, 3, 6, 4)
     # Dense ids in sorted order of the raw values, among kept users' events only.
-    tables = {name: pq.read_table(os.path.join(out, "mapping", f"{name}.parquet")) for name in ("user", "item", "category")}
+    # Users: one mapping part per user part (mapping/user/part.N.parquet); items and features: one file.
+    tables = {name: pq.read_table(os.path.join(out, "mapping", name if name == "user" else f"{name}.parquet"))
+              for name in ("user", "item", "category")}
     mapping = {name: dict(zip(t.column("raw").to_pylist(), t.column("id").to_pylist())) for name, t in tables.items()}
     assert mapping == {"user": {"u1": 1, "u2": 2}, "item": {"x": 1, "y": 2, "z": 3}, "category": {"c1": 1, "c2": 2}}
     with open(os.path.join(out, "metadata.json")) as f:
@@ -140,7 +142,7 @@ def test_one_process_and_a_two_worker_cluster_write_the_same_bytes(tmp_path):
     assert engine.client.scheduler_info()["address"].startswith("tcp://127.0.0.1:")
     run(str(tmp_path / "log"), cluster, engine=engine, history_length=8, partitions=4)
     files = sorted(os.path.relpath(os.path.join(d, f), single) for d, _, fs in os.walk(single) for f in fs)
-    assert len(files) == 3 + 1 + 4 + 4  # mappings, metadata, train and test parts
+    assert len(files) == (2 + 4) + 1 + 4 + 4  # item and category mappings, user mapping parts, metadata, splits
     match, mismatch, errors = filecmp.cmpfiles(single, cluster, files, shallow=False)
     assert (mismatch, errors) == ([], [])
 
