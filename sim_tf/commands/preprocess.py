@@ -53,8 +53,9 @@ flags.DEFINE_integer("min_history", 1, "Behaviours a sample needs before its tar
 flags.DEFINE_integer("train_parts", 8, "amazon: parquet parts for the training rows (rows are shuffled across them).")
 flags.DEFINE_integer("test_parts", 1, "amazon: parquet parts for the test rows.")
 flags.DEFINE_integer("seed", 0, "Seed for negatives and shuffling; the same seed gives the same output.")
-flags.DEFINE_integer("workers", min(2, os.cpu_count() or 1), "amazon: processes writing the parquet parts; events: "
-                     "local Dask worker processes (0: everything in this process).", lower_bound=0)
+flags.DEFINE_integer("workers", None, "amazon: processes writing the parquet parts (default 2 at most); events: "
+                     "local Dask worker processes, one thread each (default: one per core; 0: everything in this "
+                     "process).", lower_bound=0)
 flags.DEFINE_boolean("strict", False, "amazon: stop at the first malformed input line instead of skipping it.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output.")
 
@@ -77,7 +78,7 @@ def run_amazon():
     config = amazon.AmazonConfig(
         min_reviews=FLAGS.min_reviews, history_length=_recent_history(), min_history=FLAGS.min_history,
         train_parts=FLAGS.train_parts, test_parts=FLAGS.test_parts, seed=FLAGS.seed, strict=FLAGS.strict,
-        workers=max(1, FLAGS.workers),
+        workers=max(1, FLAGS.workers if FLAGS.workers is not None else min(2, os.cpu_count() or 1)),
     )
     started = time.perf_counter()
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
@@ -110,7 +111,8 @@ def run_events():
         print(f"note: --output {FLAGS.output!r} is relative; the cluster's workers write to the same path on their "
               f"own machines, so it must be on storage they share")
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
-        with events.Engine(FLAGS.scheduler, FLAGS.workers, FLAGS.memory_limit) as engine:
+        workers = FLAGS.workers if FLAGS.workers is not None else (os.cpu_count() or 1)
+        with events.Engine(FLAGS.scheduler, workers, FLAGS.memory_limit) as engine:
             counts = events.preprocess_events(FLAGS.input, staging, config, engine)
     print(f"preprocessed {counts['events']:,} events in {counts['seconds']:.1f}s "
           f"({counts['events'] / counts['seconds']:,.0f} events/s): {counts['users']:,} users, {counts['items']:,} "
