@@ -43,9 +43,10 @@ flags.DEFINE_string("memory_limit", "auto", "events: memory limit per local Dask
                     "the machine's memory); above it a worker spills to disk.")
 flags.DEFINE_string("output", None, "Folder for metadata.json, train/ and test/ parquet parts (--format parquet), or "
                     "for feature_spec.yaml, behaviors.npz and the TFRecord samples (--format store).")
-flags.DEFINE_enum("format", "parquet", ["parquet", "store"], "parquet: the recipe's BYO layout, padded histories "
-                  "(then `sim-tf convert`); store: a ready behaviour-store dataset whose histories are each user's "
-                  "whole sequence (docs/data.md).")
+flags.DEFINE_enum("format", "parquet", ["parquet", "store", "events"], "parquet: the recipe's BYO layout, padded "
+                  "histories (then `sim-tf convert`); store: a ready behaviour-store dataset whose histories are each "
+                  "user's whole sequence (docs/data.md); events (amazon only): the reviews as an interaction log "
+                  "(user, item, cat, time) for `sim-tf preprocess events`, e.g. to run them on a Dask cluster.")
 flags.DEFINE_integer("min_reviews", 20, "amazon: drop users with fewer reviews than this.")
 flags.DEFINE_integer("history_length", 100, "Behaviours kept per history (L); shorter ones are left-padded. With "
                      "--format store: the recent (short) history S (default 10); the long one is the whole history.")
@@ -81,6 +82,13 @@ def run_amazon():
         workers=max(1, FLAGS.workers if FLAGS.workers is not None else min(2, os.cpu_count() or 1)),
     )
     started = time.perf_counter()
+    if FLAGS.format == "events":
+        with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
+            counts = amazon.write_events(FLAGS.reviews, FLAGS.meta, staging, config)
+        print(f"wrote {counts['reviews_used']:,} reviews as events in {time.perf_counter() - started:.1f}s to "
+              f"{FLAGS.output}; next: sim-tf preprocess events --input {FLAGS.output} --output DIR "
+              f"--item_feature_cols cat --min_events {FLAGS.min_reviews}")
+        return
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
         if FLAGS.format == "store":
             counts = amazon.preprocess_store(FLAGS.reviews, FLAGS.meta, staging, config)
@@ -95,6 +103,9 @@ def run_amazon():
 
 def run_events():
     _required("input", "output")
+    if FLAGS.format == "events":
+        raise UserError("--format events is what `preprocess amazon` writes for this command; here pick parquet "
+                        "or store")
     try:
         from sim_tf.preprocess import events
     except ImportError as e:

@@ -252,6 +252,38 @@ def preprocess_store(reviews: str, meta: str, output: str, config: AmazonConfig,
             "train_rows": int(splits["train"][tw.LABEL].size), "test_rows": int(splits["test"][tw.LABEL].size)}
 
 
+def write_events(reviews: str, meta: str, output: str, config: AmazonConfig, rows_per_file: int = 4_000_000,
+                 log: Callable[[str], None] = print) -> dict:
+    """The 2014 files as an interaction log for `sim-tf preprocess events`: every usable review as a row
+    (user = reviewerID, item = asin, cat = the item's category as :func:`preprocess` names it, time =
+    unixReviewTime), in file order, as parquet files of ``rows_per_file`` rows. No filtering: the
+    events pipeline's ``--min_events`` plays ``--min_reviews``' part."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    users, items, times, user_names, item_names, report = read_reviews(reviews, config.strict, config.workers,
+                                                                      with_user_names=True)
+    log(report.summary(reviews))
+    names, meta_report = read_categories(meta, {name: i for i, name in enumerate(item_names)}, config.strict,
+                                         config.workers)
+    log(meta_report.summary(meta))
+    categories = np.array([names.get(i, NO_CATEGORY) for i in range(len(item_names))], dtype=object)
+    user_text = np.array([n.decode() for n in user_names], dtype=object)
+    item_text = np.array([n.decode() for n in item_names], dtype=object)
+    os.makedirs(output, exist_ok=True)
+    files = 0
+    for files, start in enumerate(range(0, users.size, rows_per_file), start=1):
+        chunk = slice(start, start + rows_per_file)
+        table = pa.table({"user": pa.array(user_text[users[chunk]], pa.string()),
+                          "item": pa.array(item_text[items[chunk]], pa.string()),
+                          "cat": pa.array(categories[items[chunk]], pa.string()),
+                          "time": pa.array(times[chunk], pa.int64())})
+        pq.write_table(table, os.path.join(output, f"events.{files - 1}.parquet"))
+    log(f"wrote {users.size:,} events of {len(user_names):,} users and {len(item_names):,} items in {files} file(s)")
+    return {"reviews_read": report.lines, "reviews_used": report.used, "users": len(user_names),
+            "items": len(item_names), "files": files}
+
+
 def preprocess(reviews: str, meta: str, output: str, config: AmazonConfig, log: Callable[[str], None] = print) -> dict:
     """Runs the whole preprocessing into ``output`` (which must be empty or absent); returns counts."""
     users, items, times, item_names, report = read_reviews(reviews, config.strict, config.workers)

@@ -161,8 +161,9 @@ def _merge_reports(reports: list["InputReport"]) -> "InputReport":
 PARALLEL_MIN_BYTES = 64 * 2**20  # smaller files are read by one process
 
 
-def read_reviews(path: str, strict: bool = False, workers: int = 1):
-    """One pass over the reviews: (user index, item index, time) arrays + the item id strings.
+def read_reviews(path: str, strict: bool = False, workers: int = 1, with_user_names: bool = False):
+    """One pass over the reviews: (user index, item index, time) arrays + the item id strings (and, with
+    ``with_user_names``, the reviewer id strings before them).
 
     Uncompressed files are split into byte ranges read by ``workers`` processes (ids keep the order of
     first appearance in the file); gzip files, and --strict runs, are read by one process.
@@ -192,17 +193,20 @@ def read_reviews(path: str, strict: bool = False, workers: int = 1):
         report = _merge_reports(reports)
         users, items, when = np.concatenate(user_ids), np.concatenate(item_ids), np.concatenate(times)
         item_names = list(items_table)
+        user_names = list(users_table)
     else:
         def lines():
             with raw:
                 yield from stream
 
-        users, items, when, _, item_names, report = _parse_review_lines(
+        users, items, when, user_names, item_names, report = _parse_review_lines(
             lines(), 1, strict, path, progress=lambda n: progress.update(n, raw.tell() / max(size, 1))
         )
     progress.done(report.lines)
     if report.used == 0:
         raise UserError(f"{path}: no usable review lines ({report.summary(path)})")
+    if with_user_names:
+        return users, items, when, user_names, item_names, report
     return users, items, when, item_names, report
 
 
