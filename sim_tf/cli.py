@@ -157,9 +157,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sim-tf: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     # `launch` never needs TensorFlow, and must stay single-threaded until it has entered its private network.
-    quiet_tensorflow_import(level, import_now=name != "launch")
+    # `--help` imports only what the command's flags need (importing TensorFlow takes seconds).
+    helping = any(arg in HELP_FLAGS for arg in argv[2:])
+    quiet_tensorflow_import(level, import_now=name != "launch" and not helping)
     module_name, kwargs, _ = COMMANDS[name]
-    module = importlib.import_module(module_name)
+    # A command whose flags live beside TensorFlow code imports it here: without its start-up lines.
+    with _quiet_stderr(enabled=helping and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") >= "2"):
+        module = importlib.import_module(module_name)
     run_command(name, argv[1:], functools.partial(module.main, **kwargs), module)
 
 
