@@ -34,6 +34,9 @@ def _engine():
         yield None
         return
     try:
+        import dask  # noqa: F401
+        import distributed  # noqa: F401
+
         from sim_tf.preprocess.events import Engine
     except ImportError as e:
         raise UserError(f"--workers / --scheduler need Dask ({e.name} is not installed): "

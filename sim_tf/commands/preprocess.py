@@ -107,6 +107,9 @@ def run_events():
         raise UserError("--format events is what `preprocess amazon` writes for this command; here pick parquet "
                         "or store")
     try:
+        import dask.dataframe  # noqa: F401
+        import distributed  # noqa: F401
+
         from sim_tf.preprocess import events
     except ImportError as e:
         raise UserError(f"`sim-tf preprocess events` needs Dask ({e.name} is not installed): "
