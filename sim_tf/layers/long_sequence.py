@@ -68,15 +68,15 @@ class FeatureSimHash:
                                         initializer=keras.initializers.RandomNormal(seed=seed + f))
                        for f, (w, n) in enumerate(zip(widths, bits))]
 
-    def _codes(self, vectors: tf.Tensor, f: int) -> tf.Tensor:
-        bits = tf.cast(tf.matmul(tf.cast(vectors, tf.float32), self.planes[f]) > 0, tf.int64)
-        weights = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.range(self.bits[f], dtype=tf.int64) + self.offsets[f])
+    def codes(self, vectors: tf.Tensor, f: int, dtype=tf.int32, offset: int = 0) -> tf.Tensor:
+        """[...] feature f's signature bits (bit ``offset + i`` = hyperplane i): int32 and unpacked by
+        default (at most 31 bits); int64 at the feature's ``offsets[f]`` for the packed signature."""
+        bits = tf.cast(tf.matmul(tf.cast(vectors, tf.float32), self.planes[f]) > 0, dtype)
+        weights = tf.bitwise.left_shift(tf.constant(1, dtype), tf.range(self.bits[f], dtype=dtype) + offset)
         return tf.reduce_sum(bits * weights, axis=-1)
 
-    def codes(self, vectors: tf.Tensor, f: int) -> tf.Tensor:
-        """[...] int32: feature f's own signature bits (bit i = hyperplane i), unpacked; at most 31 bits."""
-        bits = tf.cast(tf.matmul(tf.cast(vectors, tf.float32), self.planes[f]) > 0, tf.int32)
-        return tf.reduce_sum(bits * tf.bitwise.left_shift(1, tf.range(self.bits[f], dtype=tf.int32)), axis=-1)
+    def _codes(self, vectors: tf.Tensor, f: int) -> tf.Tensor:
+        return self.codes(vectors, f, tf.int64, self.offsets[f])
 
     def of_vectors(self, vectors: list[tf.Tensor]) -> tf.Tensor:
         """[...] int64: the signature of vectors given per feature ([..., D_f] each), e.g. the target's."""

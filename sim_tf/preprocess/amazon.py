@@ -30,6 +30,7 @@ import numpy as np
 
 from sim_tf.errors import UserError
 from sim_tf.preprocess.amazon_reader import read_categories, read_reviews
+from sim_tf.preprocess.byo_parquet import arrow_table, write_row_groups
 from sim_tf.progress import Progress
 
 NO_CATEGORY = "no category"
@@ -165,36 +166,15 @@ def _materialize(vocab: Vocabulary, index: np.ndarray, config: AmazonConfig, rng
     }
 
 
-def _arrow_table(columns: dict[str, np.ndarray]):
-    import pyarrow as pa
-
-    arrays = []
-    for name in COLUMNS:
-        values = np.ascontiguousarray(columns[name])
-        if values.ndim == 1:
-            arrays.append(pa.array(values.astype(np.int64)))
-        else:  # histories: list<int32>, half the bytes of int64 (ids fit easily)
-            offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
-            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1).astype(np.int32, copy=False))))
-    return pa.Table.from_arrays(arrays, names=list(COLUMNS))
-
-
 def write_parquet(path: str, vocab: Vocabulary, index: np.ndarray, config: AmazonConfig, rng, rows_per_group=65536):
-    """Materialises index rows a row group at a time, so memory stays at one group's histories."""
-    import pyarrow.parquet as pq
-
-    writer = None
-    try:
+    """Materialises index rows a row group at a time, so memory stays at one group's histories (an empty
+    index still writes the file, with the schema and no rows)."""
+    def tables():
         for start in range(0, max(1, index.shape[0]), rows_per_group):
-            table = _arrow_table(_materialize(vocab, index[start : start + rows_per_group], config, rng))
-            if writer is None:
-                # Dictionary encoding and column statistics buy little on id lists and cost write speed.
-                writer = pq.ParquetWriter(path, table.schema, use_dictionary=False, compression="snappy",
-                                          write_statistics=False)
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
+            columns = _materialize(vocab, index[start : start + rows_per_group], config, rng)
+            yield arrow_table({name: columns[name] for name in COLUMNS})
+
+    write_row_groups(path, tables())
 
 
 _WORKER_VOCAB: Vocabulary | None = None

@@ -44,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from sim_tf.errors import UserError, brief
+from sim_tf.preprocess.byo_parquet import arrow_table, write_row_groups
 
 TIME_SPLIT_PREFIX = "time:"
 _USER, _ITEM, _TIME, _LABEL, _PART = "user", "item", "time", "label", "_part"
@@ -405,7 +406,7 @@ def sequences(path: str, part: int, output: str, vocab: Vocabulary, config: Even
     return user[order], times[order], item[order], label[order]
 
 
-def build_samples(user, times, item, label, vocab: Vocabulary, config: EventsConfig) -> dict:
+def build_samples(user, times, item, label, config: EventsConfig) -> dict:
     """Index form of one part's samples: per sample (user, rank, target item, label, test?, history end),
     with histories as positions in the part's positive-event array."""
     n = user.size
@@ -438,11 +439,11 @@ def materialize(samples: dict, rows: np.ndarray, negative: np.ndarray, vocab: Vo
     end = samples["end"][rows]
     positions = end[:, None] - length + np.arange(length, dtype=end.dtype)[None, :]
     valid = positions >= samples["user_first_positive"][rows][:, None]
+    at, slot = np.nonzero(valid)  # the real history positions, for the ids and the negatives' draws
     items = np.zeros(positions.shape, np.int32)
-    items[valid] = samples["positive_items"][positions[valid]]
+    items[at, slot] = samples["positive_items"][positions[at, slot]]
     users, ranks = samples["user"][rows], samples["rank"][rows]
     # Draws only where the history is real (slot 1 + position); slot 0 is the negative twin's target.
-    at, slot = np.nonzero(valid)
     negatives = np.zeros(positions.shape, np.int32)
     negatives[at, slot] = popularity.draw(draw_bits(config.seed, users[at], ranks[at], slot + 1))
     target = samples["item"][rows]
@@ -478,46 +479,21 @@ def chosen_rows(samples: dict, split: str, config: EventsConfig, part: int) -> t
     return rows, negative
 
 
-def _arrow(columns: dict):
-    import pyarrow as pa
-
-    arrays = []
-    for values in columns.values():
-        if values.ndim == 1:
-            arrays.append(pa.array(np.asarray(values, dtype=np.int64)))
-        else:  # histories: list<int32>, half the bytes of int64
-            offsets = np.arange(values.shape[0] + 1, dtype=np.int32) * values.shape[1]
-            flat = np.ascontiguousarray(values, dtype=np.int32).reshape(-1)  # no copy when already int32
-            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)))
-    return pa.Table.from_arrays(arrays, names=list(columns))
-
-
 def write_samples(path: str, part: int, output: str, vocab: Vocabulary, config: EventsConfig,
                   rows_per_group: int = 65536) -> dict:
     """Pass 3 for one part (BYO parquet): its train and test files, a row group at a time (memory is one
     group's histories); returns row counts."""
-    import pyarrow.parquet as pq
-
-    samples = build_samples(*sequences(path, part, output, vocab, config), vocab, config)
+    samples = build_samples(*sequences(path, part, output, vocab, config), config)
     popularity = vocab.sampler
     counts = {"train": 0, "test": 0}
     for split in ("train", "test"):
         rows, negative = chosen_rows(samples, split, config, part)
         if rows.size == 0:
             continue
-        writer = None
-        try:
-            for start in range(0, rows.size, rows_per_group):
-                chunk = slice(start, start + rows_per_group)
-                table = _arrow(materialize(samples, rows[chunk], negative[chunk], vocab, config, popularity))
-                if writer is None:
-                    # Dictionary encoding and statistics buy little on id lists and cost write speed.
-                    writer = pq.ParquetWriter(os.path.join(output, split, f"part.{part}.parquet"), table.schema,
-                                              use_dictionary=False, compression="snappy", write_statistics=False)
-                writer.write_table(table)
-        finally:
-            if writer is not None:
-                writer.close()
+        write_row_groups(os.path.join(output, split, f"part.{part}.parquet"),
+                         (arrow_table(materialize(samples, rows[i:i + rows_per_group], negative[i:i + rows_per_group],
+                                                  vocab, config, popularity))
+                          for i in range(0, rows.size, rows_per_group)))
         counts[split] = int(rows.size)
     return counts
 
@@ -526,7 +502,7 @@ def store_arrays(path: str, part: int, output: str, vocab: Vocabulary, config: E
     """Pass 3 for one part (behaviour store): the positive events per user and the samples by reference
     (user, position in the user's positive events, target, label)."""
     user, times, item, label = sequences(path, part, output, vocab, config)
-    samples = build_samples(user, times, item, label, vocab, config)
+    samples = build_samples(user, times, item, label, config)
     positive = label == 1
     out = {"user": user[positive], "item": item[positive], "time": times[positive], "splits": {}}
     popularity = vocab.sampler
@@ -552,7 +528,6 @@ class Engine:
                  log: Callable[[str], None] = print, timeout_s: float = 10.0):
         self.client = None
         self.cluster = None
-        self.log = log
         if scheduler or workers > 0:
             _quiet_dask()
         if scheduler:
@@ -654,7 +629,6 @@ def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engi
                       log: Callable[[str], None] = print) -> dict:
     """Runs the three passes into ``output`` (a staging folder the caller renames when this returns)."""
     import dask
-    import pandas as pd
 
     started = time.perf_counter()
     frame = read_log(path, config)
@@ -704,8 +678,7 @@ def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engi
                              "writing samples")
         counts = {k: sum(r[k] for r in results) for k in ("train", "test")}
         if counts["train"] == 0:
-            raise UserError("the kept users have no training samples; lower --min_history or --min_events, or "
-                            "move the --test_split time")
+            raise _no_training_samples()
         metadata = {"cardinalities": [{"name": "uid", "value": vocab.num_users},
                                       {"name": "item", "value": int(vocab.items.size)},
                                       *({"name": f, "value": int(vocab.feature_values[f].size)} for f in config.features)],
@@ -727,6 +700,11 @@ def preprocess_events(path: str, output: str, config: EventsConfig, engine: Engi
     counts.update(events=events, users=vocab.num_users, items=int(vocab.items.size),
                   seconds=time.perf_counter() - started)
     return counts
+
+
+def _no_training_samples() -> UserError:
+    return UserError("the kept users have no training samples; lower --min_history or --min_events, or move the "
+                     "--test_split time")
 
 
 def write_mapping(path: str, raw: np.ndarray, first: int = 0) -> None:
@@ -769,8 +747,7 @@ def write_store(output: str, results: list, vocab: Vocabulary, config: EventsCon
         parts = [r["splits"][name] for r in results if r["splits"][name][0].size]
         if not parts:
             if name == "train":
-                raise UserError("the kept users have no training samples; lower --min_history or --min_events, or "
-                                "move the --test_split time")
+                raise _no_training_samples()
             parts = [tuple(np.array([], np.int64) for _ in range(4))]
         s_user, position, target, label = (np.concatenate([p[k] for p in parts]) for k in range(4))
         columns = {tw.LABEL: label, tw.user_feature(0): s_user, tw.item_feature(0, tw.TARGET): target,
