@@ -76,6 +76,7 @@ class Settings:
     extra_flags: tuple[str, ...] = ()
     timeout_s: float = 3600.0
     sim_tf_path: str | None = None  # run another checkout of sim-tf (before/after comparisons)
+    recipe: str | None = None  # the recipe's runner (bench/recipe.py): adds its runs as the "recipe" config
 
 
 def is_store_preset(preset: str) -> bool:
@@ -95,9 +96,13 @@ def is_store_preset(preset: str) -> bool:
 
 
 def cases(models: Sequence[str], presets: Sequence[str], modes: Sequence[str], configs: Sequence[str],
-          gsus: Sequence[str] = ("soft",), long_histories: Sequence[int] = (1000,)) -> list[Case]:
+          gsus: Sequence[str] = ("soft",), long_histories: Sequence[int] = (1000,), recipe: bool = False) -> list[Case]:
     """Every combination; on behaviour-store presets also every (search unit, long history) pair (DIN and
-    DIEN have no search unit: they get the soft one, i.e. the whole long history)."""
+    DIEN have no search unit: they get the soft one, i.e. the whole long history).
+
+    With ``recipe``, every case the recipe can run (its models, a recipe-format dataset) also gets a
+    ``recipe`` config, placed first so that the runs alternate: recipe, ours, recipe, ours."""
+    from sim_tf.bench import recipe as anchor
     from sim_tf.models import GSU_KINDS
 
     for mode in modes:
@@ -117,8 +122,23 @@ def cases(models: Sequence[str], presets: Sequence[str], modes: Sequence[str], c
         histories = [(g, n) for g in gsus for n in long_histories] if is_store_preset(p) else [("", 0)]
         for m in models:
             shown = histories if m == "sim" or not histories[0][0] else list(dict.fromkeys(("soft", n) for _, n in histories))
-            out += [Case(m, p, mode, c, g, n) for g, n in shown for mode in modes for c in configs]
+            with_recipe = recipe and not histories[0][0] and m in anchor.MODELS
+            shown_configs = ([anchor.CONFIG] if with_recipe else []) + list(configs)
+            out += [Case(m, p, mode, c, g, n) for g, n in shown for mode in modes for c in shown_configs]
+    if recipe and not any(c.config == anchor.CONFIG for c in out):
+        raise UserError(f"--recipe: the recipe runs only {list(anchor.MODELS)} on recipe-format datasets (not on a "
+                        "behaviour store); none of the cases asked for is one")
     return out
+
+
+def long_seq_length(preset: str) -> int | None:
+    """A synthetic preset's long/short split; None for a dataset folder (the trainer's default, 90)."""
+    from sim_tf.data import synthetic
+
+    if is_folder_preset(preset) or preset not in synthetic.PRESETS:
+        return None
+    config = synthetic.PRESETS[preset]
+    return config.history_length - config.recent_length
 
 
 def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: str, repeat: int = 0) -> list[str]:
@@ -128,8 +148,6 @@ def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: 
     ``--seed=r``: another initialisation and shuffle of the same data); their AUC range is the
     seed-to-seed spread that a difference between two configurations has to exceed to mean anything.
     """
-    from sim_tf.data import synthetic
-
     command = "inference" if case.mode == "inference" else "train"
     dataset_dir, results_dir = os.path.abspath(dataset_dir), os.path.abspath(results_dir)
     args = [command, f"--dataset_dir={dataset_dir}", f"--model_type={case.model}"]
@@ -137,10 +155,9 @@ def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: 
         args += [f"--gsu={case.gsu}", f"--max_long_history={case.long_history}"]
         if case.model == "sim":
             args.append(f"--top_k={min(50, case.long_history)}")
-    elif not is_folder_preset(case.preset):
+    elif long_seq_length(case.preset) is not None:
         # A dataset folder's long/short split is the trainer's default (90) unless given after `--`.
-        preset = synthetic.PRESETS[case.preset]
-        args.append(f"--long_seq_length={preset.history_length - preset.recent_length}")
+        args.append(f"--long_seq_length={long_seq_length(case.preset)}")
     args += [
         f"--global_batch_size={settings.global_batch_size}",
         f"--results_dir={results_dir}",
@@ -242,13 +259,19 @@ def aggregate(runs: list[dict]) -> dict:
 def format_table(results: list[dict]) -> str:
     header = ["model", "preset", "history", "mode", "config", "samples/s (median)", "min - max",
               "p50 / p90 / p99 ms", "test AUC", "peak RSS", "runs"]
+    with_ratio = any("vs_recipe" in entry["result"] for entry in results)
+    if with_ratio:
+        header.insert(6, "vs recipe")
     rows = []
     for entry in results:
         case, agg = entry["case"], entry["result"]
         history = Case(**case).history
         if "throughput" not in agg:
-            rows.append([case["model"], case["preset"], history, case["mode"], case["config"],
-                         f"FAILED: {agg.get('error', '?')}"[:60], "", "", "", "", f"{agg['runs']}"])
+            row = [case["model"], case["preset"], history, case["mode"], case["config"],
+                   f"FAILED: {agg.get('error', '?')}"[:60], "", "", "", "", f"{agg['runs']}"]
+            if with_ratio:
+                row.insert(6, "")
+            rows.append(row)
             continue
         latency = " / ".join(f"{agg[k]:.0f}" if k in agg else "-"
                              for k in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms"))
@@ -256,11 +279,14 @@ def format_table(results: list[dict]) -> str:
         if "test_auc_min" in agg and agg["test_auc_max"] > agg["test_auc_min"]:
             auc += f" ({agg['test_auc_min']:.4f}-{agg['test_auc_max']:.4f})"
         failed = f" ({agg['failed']} failed)" if agg["failed"] else ""
-        rows.append([
+        row = [
             case["model"], case["preset"], history, case["mode"], case["config"],
             f"{agg['throughput']:,.0f}", f"{agg['throughput_min']:,.0f} - {agg['throughput_max']:,.0f}",
             latency, auc, f"{agg['peak_rss_bytes'] / 2**30:.2f} GiB", f"{agg['runs']}{failed}",
-        ])
+        ]
+        if with_ratio:
+            row.insert(6, f"{agg['vs_recipe']:.2f}x" if "vs_recipe" in agg else "")
+        rows.append(row)
     return text_table(header, rows)
 
 
@@ -312,6 +338,31 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# What decides how fast float32 and bfloat16 run on a CPU: /proc/cpuinfo flag names -> what we print.
+CPU_FEATURES = {"avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
+
+
+def cpu_features() -> dict[str, bool]:
+    """Whether the CPU has AVX-512, AVX512-BF16 and AMX (bfloat16 matmuls run on AMX tiles where it
+    exists, which is where --amp pays off most)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {shown: name in flags for name, shown in CPU_FEATURES.items()}
+
+
+def machine_line() -> str:
+    """One line naming the CPU, its core count and its vector/matrix features, printed with every benchmark."""
+    features = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in cpu_features().items())
+    return f"{cpu_model()}, {os.cpu_count()} CPU(s); {features}"
+
+
 def machine() -> dict:
     import platform
 
@@ -319,6 +370,7 @@ def machine() -> dict:
 
     return {
         "cpu_model": cpu_model(),
+        "cpu_features": cpu_features(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -333,18 +385,46 @@ def run_suite(all_cases: list[Case], settings: Settings, data_dir: str, work_dir
     second of every case, and so on. This machine's speed drifts by 5-20% over minutes; round-robin spreads
     that drift over all cases instead of handing a slow stretch to one of them, so comparisons between
     cases (before/after, small/amazon, fp32/amp) hold up better than their absolute numbers."""
+    from sim_tf.bench import recipe as anchor
+
+    if any(c.config == anchor.CONFIG for c in all_cases) and not settings.recipe:
+        raise UserError("the recipe's cases need its runner (--recipe DIR)")
     datasets = {p: ensure_dataset(p, data_dir, echo) for p in dict.fromkeys(c.preset for c in all_cases)}
     runs: list[list[dict]] = [[] for _ in all_cases]
     for repeat in range(settings.repeats):
         for number, case in enumerate(all_cases, 1):
             results_dir = os.path.join(work_dir, case.name, f"run{repeat}")
-            args = trainer_args(case, settings, datasets[case.preset], results_dir, repeat)
-            run = run_once(args, results_dir, settings.timeout_s, settings.sim_tf_path)
-            run["command"] = "sim-tf " + " ".join(args)
+            if case.config == anchor.CONFIG:
+                args = anchor.recipe_args(case, settings, datasets[case.preset], long_seq_length(case.preset), repeat)
+                run = anchor.run_once(settings.recipe, case, args, datasets[case.preset], results_dir,
+                                      settings.timeout_s)
+            else:
+                args = trainer_args(case, settings, datasets[case.preset], results_dir, repeat)
+                run = run_once(args, results_dir, settings.timeout_s, settings.sim_tf_path)
+                run["command"] = "sim-tf " + " ".join(args)
             runs[number - 1].append(run)
             shown = run.get("error") or (f"{run['throughput']:,.0f} samples/s" +
                                          (f", test AUC {run['test_auc']:.4f}" if "test_auc" in run else ""))
             echo(f"[{number}/{len(all_cases)}] {case.name} run {repeat + 1}/{settings.repeats}: {shown}, "
                  f"peak RSS {run['peak_rss_bytes'] / 2**30:.2f} GiB")
-    return [{"case": dataclasses.asdict(case), "result": aggregate(case_runs), "runs": case_runs}
-            for case, case_runs in zip(all_cases, runs)]
+    results = [{"case": dataclasses.asdict(case), "result": aggregate(case_runs), "runs": case_runs}
+               for case, case_runs in zip(all_cases, runs)]
+    add_recipe_ratios(results)
+    return results
+
+
+def _anchor_key(case: dict) -> tuple:
+    return case["model"], case["preset"], case.get("gsu", ""), case.get("long_history", 0), case["mode"]
+
+
+def add_recipe_ratios(results: list[dict]) -> None:
+    """Sets ``vs_recipe`` (our median throughput / the recipe's, same model, dataset and mode) on every
+    result that has a recipe run beside it; the recipe's own row gets 1.0."""
+    from sim_tf.bench.recipe import CONFIG
+
+    anchors = {_anchor_key(r["case"]): r["result"].get("throughput") for r in results if r["case"]["config"] == CONFIG}
+    for entry in results:
+        anchor = anchors.get(_anchor_key(entry["case"]))
+        ours = entry["result"].get("throughput")
+        if anchor and ours:
+            entry["result"]["vs_recipe"] = ours / anchor

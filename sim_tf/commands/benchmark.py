@@ -6,6 +6,7 @@
   sim-tf benchmark --presets sim_tf_demo/data/amazon-raw-seed0/tfrecord --modes auc   (a dataset folder)
   sim-tf benchmark --models sim --presets lifelong --gsus soft,hard --long_histories 100,1000,10000 \
       --configs fp32 --global_batch_size 1024      (long histories from a behaviour store)
+  sim-tf benchmark --recipe ../shared/recipe --configs fp32,amp    (NVIDIA's recipe side by side: ratio column)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 
 from absl import flags
 
+from sim_tf.bench import recipe
 from sim_tf.bench import suite as bench
 from sim_tf.data.atomic import atomic_write_text
 from sim_tf.errors import UserError
@@ -47,6 +49,10 @@ flags.DEFINE_string("data_dir", "sim_tf_bench/data", "Where the presets' dataset
 flags.DEFINE_string("work_dir", "sim_tf_bench/runs", "Where each run's results and output go.")
 flags.DEFINE_string("json_output", "sim_tf_bench/benchmark.json", "The full results (every run) as JSON.")
 flags.DEFINE_float("timeout_s", 3600.0, "Stop a run that takes longer than this.", lower_bound=1.0)
+flags.DEFINE_string("recipe", None, "Also run NVIDIA's SIM recipe beside ours: the folder holding its runner run.sh "
+                    "(e.g. ../shared/recipe, set up once with its setup.sh). Every SIM/DIN/DIEN case on a "
+                    "recipe-format dataset gets a 'recipe' run before ours in each round (same data, batch, "
+                    "optimizer, steps; float32), and the table shows each config's median as a multiple of it.")
 flags.DEFINE_string("sim_tf_path", None, "Run the trainer from another checkout of sim-tf (the folder holding its "
                     "sim_tf package), e.g. an older commit for a before/after table.")
 
@@ -67,6 +73,7 @@ def main(argv):
         extra_flags=extra,
         timeout_s=FLAGS.timeout_s,
         sim_tf_path=FLAGS.sim_tf_path,
+        recipe=recipe.runner_path(FLAGS.recipe) if FLAGS.recipe else None,
     )
     if FLAGS.sim_tf_path and not os.path.isfile(os.path.join(FLAGS.sim_tf_path, "sim_tf", "__init__.py")):
         raise UserError(f"--sim_tf_path {FLAGS.sim_tf_path!r} holds no sim_tf package (sim_tf/__init__.py)")
@@ -77,8 +84,9 @@ def main(argv):
         long_histories = [int(v) for v in FLAGS.long_histories]
     except ValueError:
         raise UserError(f"--long_histories must be integers, got {','.join(FLAGS.long_histories)!r}") from None
-    all_cases = bench.cases(FLAGS.models, FLAGS.presets, FLAGS.modes, FLAGS.configs, FLAGS.gsus, long_histories)
-    print(f"machine: {bench.cpu_model()}, {os.cpu_count()} CPU(s)")
+    all_cases = bench.cases(FLAGS.models, FLAGS.presets, FLAGS.modes, FLAGS.configs, FLAGS.gsus, long_histories,
+                            recipe=bool(FLAGS.recipe))
+    print(f"machine: {bench.machine_line()}")
     started = time.perf_counter()
     results = bench.run_suite(all_cases, settings, FLAGS.data_dir, FLAGS.work_dir)
     report = {
