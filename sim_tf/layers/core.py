@@ -43,6 +43,10 @@ def masked_softmax(scores: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return weights * mask
 
 
+def _float32(x: tf.Tensor) -> tf.Tensor:
+    return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
+
+
 def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Mean of ``values`` [B, T, D] over the positions where ``mask`` [B, T] is 1; zeros when none is.
 
@@ -229,6 +233,11 @@ class AttentionPooling(keras.layers.Layer):
     ``call(query [B, D], keys [B, T, D], mask [B, T])`` returns (pooled [B, D], scores [B, T]); a row
     with no real position pools to zeros. The scores (masked positions at the dtype's minimum) are what
     SIM's top-k search ranks by.
+
+    Under a reduced-precision policy the ``dot`` scores, their softmax and the ranked scores are float32
+    (as DIEN's attention scores are): a bfloat16 score keeps 8 significant bits, so at scores of a few
+    units neighbouring behaviours tie in the top-k and the softmax weights move by several percent. Only
+    the pooling matmul runs in the compute dtype.
     """
 
     def __init__(self, kind: str = "dot", **kwargs):
@@ -244,9 +253,9 @@ class AttentionPooling(keras.layers.Layer):
         self.built = True
 
     def scores(self, query, keys):
-        """Unnormalised scores [B, T] of every position."""
+        """Unnormalised scores [B, T] of every position (float32 for ``dot``, see the class)."""
         if self.unit is None:
-            return tf.einsum("btd,bd->bt", keys, query)
+            return tf.einsum("btd,bd->bt", _float32(keys), _float32(query))
         return self.unit(query, keys)
 
     def ranked(self, query, keys, mask):
@@ -255,11 +264,11 @@ class AttentionPooling(keras.layers.Layer):
         return tf.where(tf.cast(mask, scores.dtype) > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
 
     def call(self, query, keys, mask):
-        mask = tf.cast(mask, keys.dtype)
         scores = self.scores(query, keys)
+        mask = tf.cast(mask, scores.dtype)
         weights = masked_softmax(scores, mask) if self.unit is None else scores * mask
         # A [1, T] x [T, D] matmul per sample: twice as fast here as the equivalent einsum, forward and back.
-        pooled = tf.squeeze(tf.matmul(weights[:, None, :], keys), axis=1)
+        pooled = tf.squeeze(tf.matmul(tf.cast(weights, keys.dtype)[:, None, :], keys), axis=1)
         ranked = tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
         return pooled, ranked
 
@@ -274,13 +283,14 @@ class AttentionPooling(keras.layers.Layer):
         if self.unit is not None:
             raise ValueError("call_parts supports kind='dot' only")
         widths = [p.width if isinstance(p, TableRows) else p.shape[-1] for p in parts]
-        queries = tf.split(query, widths, axis=-1)
-        scores = tf.add_n([p.scores(q) if isinstance(p, TableRows) else tf.einsum("btd,bd->bt", p, q)
+        queries = tf.split(_float32(query), widths, axis=-1)
+        scores = tf.add_n([p.scores(q) if isinstance(p, TableRows) else tf.einsum("btd,bd->bt", _float32(p), q)
                            for p, q in zip(parts, queries)])
         mask = tf.cast(mask, scores.dtype)
         weights = masked_softmax(scores, mask)
-        pooled = tf.concat([p.pool(weights) if isinstance(p, TableRows)
-                            else tf.squeeze(tf.matmul(weights[:, None, :], p), axis=1) for p in parts], axis=-1)
+        low = tf.cast(weights, query.dtype)
+        pooled = tf.concat([p.pool(low) if isinstance(p, TableRows)
+                            else tf.squeeze(tf.matmul(low[:, None, :], p), axis=1) for p in parts], axis=-1)
         return pooled, tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
 
     def get_config(self):
@@ -304,7 +314,8 @@ class TableRows:
         self.width = table.shape[-1]
 
     def scores(self, query: tf.Tensor) -> tf.Tensor:
-        per_id = tf.matmul(query, self.table, transpose_b=True)  # [B, V]
+        """[B, T] scores <table[id_bt], query_b>, in the query's dtype."""
+        per_id = tf.matmul(query, tf.cast(self.table, query.dtype), transpose_b=True)  # [B, V]
         return tf.gather(per_id, self.ids, batch_dims=1)
 
     def pool(self, weights: tf.Tensor) -> tf.Tensor:

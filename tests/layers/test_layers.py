@@ -210,6 +210,41 @@ def test_mixed_precision_dien_attention_gives_float32_weights():
     np.testing.assert_allclose(weights.numpy(), exact(query, states, mask).numpy(), atol=0.02)
 
 
+def test_mixed_precision_sim_attention_scores_and_ranks_in_float32():
+    # SIM's dot attention under bfloat16: the keys and the query are bfloat16 (the compute dtype), but the
+    # scores, their softmax and the ranked scores are float32, exactly those of the float32 maths on the
+    # same bfloat16 inputs. Rounded to bfloat16 (8 bits), scores of a few units tie for the top-k.
+    rng = np.random.default_rng(0)
+    keys = tf.constant(rng.normal(size=[16, 40, 8]).astype("float32") * 2.0, tf.bfloat16)
+    query = tf.constant(rng.normal(size=[16, 8]).astype("float32") * 2.0, tf.bfloat16)
+    mask = tf.constant((rng.random([16, 40]) > 0.3).astype("float32"))
+    with precision.global_dtype_policy("mixed_bfloat16"):
+        layer = core.AttentionPooling("dot")
+    pooled, ranked = layer(query, keys, mask)
+    assert pooled.dtype == tf.bfloat16 and ranked.dtype == tf.float32
+    k32, q32 = keys.numpy().astype("float64"), query.numpy().astype("float64")
+    expected = np.einsum("btd,bd->bt", k32, q32)
+    real = mask.numpy() > 0
+    np.testing.assert_allclose(ranked.numpy()[real], expected[real], rtol=1e-5, atol=1e-4)
+    assert (ranked.numpy()[~real] == np.finfo(np.float32).min).all()
+    # The same ranking as float64 maths: bfloat16 scores would tie or swap neighbours.
+    top = tf.math.top_k(ranked, k=10).indices.numpy()
+    np.testing.assert_array_equal(top, np.argsort(-np.where(real, expected, -np.inf), axis=1, kind="stable")[:, :10])
+    weights = np.where(real, np.exp(expected - np.where(real, expected, -np.inf).max(axis=1, keepdims=True)), 0.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    # Pooling multiplies bfloat16 weights with the bfloat16 keys: ~3 significant digits.
+    np.testing.assert_allclose(pooled.numpy().astype("float64"), np.einsum("bt,btd->bd", weights, k32), atol=0.05)
+    # The feature-by-feature form gives the same float32 scores.
+    parts = [keys[:, :, :5], core.TableRows(tf.constant(rng.normal(size=[7, 3]), tf.bfloat16),
+                                            tf.constant(rng.integers(0, 7, size=[16, 40]), tf.int32))]
+    pooled_parts, ranked_parts = layer.call_parts(query, parts, mask)
+    assert pooled_parts.dtype == tf.bfloat16 and ranked_parts.dtype == tf.float32
+    table = parts[1].table.numpy().astype("float64")
+    by_parts = np.einsum("btd,bd->bt", k32[:, :, :5], q32[:, :5]) + (q32[:, 5:] @ table.T)[
+        np.arange(16)[:, None], parts[1].ids.numpy()]
+    np.testing.assert_allclose(ranked_parts.numpy()[real], by_parts[real], rtol=1e-5, atol=1e-4)
+
+
 def test_dien_attention_weights_sum_to_one_over_real_steps():
     layer = dien.DienAttention(6)
     w = layer(tf.random.normal([2, 8]), tf.random.normal([2, 4, 6]), tf.constant([[0.0, 1.0, 1.0, 1.0], [0.0] * 4]))
