@@ -14,7 +14,7 @@ WORKERS=$(printf "%s:$PORT," "${HOSTS[@]}"); WORKERS=${WORKERS%,}
 pids=()
 for i in "${!HOSTS[@]}"; do
   tf_config=$(sim-tf launch tf-config --workers "$WORKERS" --index "$i")
-  remote=$(printf '%q ' env "TF_CONFIG=$tf_config" sim-tf train --strategy multi_worker --collective_timeout_s 600 "$@")
+  remote=$(printf '%q ' env "TF_CONFIG=$tf_config" sim-tf train --strategy multi_worker "$@")
   ssh -o BatchMode=yes "${HOSTS[$i]}" "$remote" 2>&1 | sed "s/^/[${HOSTS[$i]}] /" &
   pids+=($!)
 done

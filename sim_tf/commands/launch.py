@@ -16,7 +16,10 @@ from sim_tf.launch import cluster, local
 from sim_tf.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_workers", 2, "local: workers to start on 127.0.0.1.", lower_bound=1, upper_bound=64)
+flags.DEFINE_integer("num_workers", 2, "local: workers to start on 127.0.0.1 (0: one per GPU, the recipe's layout).",
+                     lower_bound=0, upper_bound=64)
+flags.DEFINE_integer("gpus_per_worker", 0, "local: GPUs each worker sees through CUDA_VISIBLE_DEVICES (0: the "
+                     "machine's GPUs split evenly; workers never see each other's GPUs).", lower_bound=0)
 flags.DEFINE_enum("network", "private", ["private", "host"], "local: private runs the workers in a network "
                   "namespace of their own, reachable only from each other (TensorFlow's servers listen on every "
                   "interface and run any request they get); host runs them on this machine's network.")
@@ -35,7 +38,7 @@ def main(argv):
                         "sim-tf launch tf-config (--workers H:P,... --index I | --slurm)")
     if argv[1] == "local":
         code = local.run_local(FLAGS.num_workers, argv[2:], grace_s=FLAGS.grace_s, timeout_s=FLAGS.timeout_s,
-                               private_network=FLAGS.network == "private")
+                               private_network=FLAGS.network == "private", gpus_per_worker=FLAGS.gpus_per_worker)
         sys.exit(code)
     if FLAGS.slurm:
         config = cluster.slurm_tf_config(port=FLAGS.port)

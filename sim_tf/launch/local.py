@@ -37,6 +37,48 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def host_gpus(environ=None, query=None) -> list[str]:
+    """The GPUs this launcher may hand out, as CUDA device ids: CUDA_VISIBLE_DEVICES when it is set (its
+    entries, "" meaning none), else the GPUs `nvidia-smi -L` lists (none when it is missing or fails).
+    ``query`` replaces the nvidia-smi call (tests)."""
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if query is None:
+        def query():
+            try:
+                result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                return ""
+            return result.stdout if result.returncode == 0 else ""
+    return [str(i) for i, line in enumerate(query().splitlines()) if line.startswith("GPU ")]
+
+
+def gpu_assignment(num_workers: int, gpus: list[str], gpus_per_worker: int = 0) -> tuple[list[str | None], bool]:
+    """(CUDA_VISIBLE_DEVICES of each worker, whether workers share a GPU).
+
+    Every worker that sees every GPU would put two NCCL ranks on one device ("Duplicate GPU detected"),
+    so each worker gets its own slice: ``gpus_per_worker`` GPUs (0: the GPUs split evenly, at least one
+    each). With more workers than GPUs, worker i shares GPU i mod n (development only: memory growth must
+    then be on). Without GPUs the workers' environment is left alone (None).
+    """
+    if gpus_per_worker < 0:
+        raise UserError(f"--gpus_per_worker must be >= 0 (0: split the GPUs evenly), got {gpus_per_worker}")
+    if not gpus:
+        if gpus_per_worker:
+            raise UserError(f"--gpus_per_worker {gpus_per_worker}: this machine has no GPU to give the workers "
+                            f"(CUDA_VISIBLE_DEVICES and nvidia-smi list none)")
+        return [None] * num_workers, False
+    per = gpus_per_worker or max(1, len(gpus) // num_workers)
+    if per * num_workers <= len(gpus):
+        return [",".join(gpus[i * per:(i + 1) * per]) for i in range(num_workers)], False
+    if gpus_per_worker > 1:
+        raise UserError(f"--gpus_per_worker {gpus_per_worker} x {num_workers} workers needs "
+                        f"{gpus_per_worker * num_workers} GPUs; this machine has {len(gpus)} ({','.join(gpus)})")
+    return [gpus[i % len(gpus)] for i in range(num_workers)], True
+
+
 class _Worker:
     def __init__(self, index: int, process: subprocess.Popen):
         self.index = index
@@ -83,15 +125,27 @@ def run_local(
     out=None,
     env=None,
     private_network: bool = True,
+    gpus_per_worker: int = 0,
+    gpus: list[str] | None = None,
 ) -> int:
     """Runs ``python -m sim_tf COMMAND`` as ``num_workers`` local workers; returns the exit status.
 
     With ``private_network`` (the default) this process first moves into a network namespace of its own
     (see isolation.py), so the workers' ports are reachable from nothing but each other.
     SIGINT/SIGTERM to the launcher are forwarded to the workers (so they can checkpoint and exit).
+    Each worker sees its own GPUs (:func:`gpu_assignment`); ``num_workers`` 0 starts one per GPU, the
+    recipe's layout (``gpus`` overrides :func:`host_gpus`, for tests).
     """
+    base_env = dict(os.environ if env is None else env)
+    gpus = host_gpus(base_env) if gpus is None else gpus
+    if num_workers == 0:
+        if not gpus:
+            raise UserError("--num_workers 0 starts one worker per GPU, but this machine has none "
+                            "(CUDA_VISIBLE_DEVICES and nvidia-smi list none); give a number of workers")
+        num_workers = len(gpus)
     if num_workers < 1:
         raise UserError(f"--num_workers must be >= 1, got {num_workers}")
+    visible, shared = gpu_assignment(num_workers, gpus, gpus_per_worker)
     if not command:
         raise UserError("nothing to run: put the trainer's arguments after `--`, e.g. "
                         "`sim-tf launch local --num_workers 2 -- train --dataset_dir DIR`")
@@ -101,6 +155,9 @@ def run_local(
         raise UserError(f"unknown command {command[0]!r} after `--`: the workers run a sim-tf command such as "
                         f"train, evaluate or inference")
     out = out or sys.stdout
+    if shared and command[0] in ("train", "evaluate", "inference") and not any(
+            a.split("=")[0] in ("--gpu_memory_growth", "--nogpu_memory_growth") for a in command):
+        command = [*command, "--gpu_memory_growth"]  # several workers on one GPU must not each take all of it
     if private_network:
         try:
             enter_private_network()
@@ -114,9 +171,10 @@ def run_local(
     addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
     lock = threading.Lock()
     workers: list[_Worker] = []
-    base_env = dict(os.environ if env is None else env)
     for index in range(num_workers):
         worker_env = {**base_env, "TF_CONFIG": json.dumps(tf_config(addresses, index))}
+        if visible[index] is not None:
+            worker_env["CUDA_VISIBLE_DEVICES"] = visible[index]
         process = subprocess.Popen(
             [sys.executable, "-u", "-m", "sim_tf", *command],
             env=worker_env,
@@ -133,6 +191,9 @@ def run_local(
     with lock:
         out.write(f"[launcher] started {num_workers} worker(s) on {', '.join(addresses)} "
                   f"(pids {', '.join(str(w.process.pid) for w in workers)}) in {where}\n")
+        if visible[0] is not None:
+            out.write(f"[launcher] GPUs per worker (CUDA_VISIBLE_DEVICES): {'; '.join(visible)}"
+                      + (" (shared: memory growth on)" if shared else "") + "\n")
         out.flush()
 
     stop_requested = []
