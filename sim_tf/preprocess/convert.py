@@ -10,6 +10,9 @@ columns, ``{name}_sequence`` for the positive and ``neg_{name}_sequence`` for th
 (the names `sim-tf preprocess amazon` writes). Histories longer than L keep their last L behaviours,
 shorter ones are left-padded with 0. Ids outside 0..cardinality stop the conversion with the column and
 the value: a converted dataset never holds ids its tables cannot look up.
+
+Prebatched output (``--prebatch_size`` > 1, the default 32) shuffles the rows of each 65,536-row block
+before grouping them into records, with a seed from the file's name and the block's number.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import dataclasses
 import glob
 import json
 import os
+import zlib
 from typing import Callable
 
 import numpy as np
@@ -192,7 +196,13 @@ def convert_files(sources: list[str], output_dir: str, split: str, total: int, p
     for path in sources:
         parquet = open_parquet(path)
         names = column_names(parquet.schema_arrow.names, users, items, layout.columns, path)
-        for batch in record_batches(parquet, path, names):
+        for number, batch in enumerate(record_batches(parquet, path, names)):
+            if layout.prebatch_size > 1:
+                # Samples that share a record always share a batch: shuffle each block of rows first, so a
+                # record holds rows drawn from the whole block rather than neighbours (often one user's).
+                # Seeded by the file's name and the block, so every engine writes the same bytes.
+                seed = zlib.crc32(f"{os.path.basename(path)}:{number}".encode())
+                batch = batch.take(np.random.default_rng(seed).permutation(batch.num_rows))
             out = {}
             for index, (target, source) in enumerate(zip(layout.feature_names, names)):
                 column = batch.column(source)

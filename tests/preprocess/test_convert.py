@@ -71,9 +71,14 @@ def test_convert_by_position_and_by_name_then_read(tmp_path, mode, prebatch):
         assert int(features["user_features"][0][row]) == i % 5 + 1 and float(label[row]) == i % 2
         neg = features["short_neg_history"][0][row].numpy().tolist()
         assert neg == [x + 1 if x else 0 for x in expected_history(i)][2:]
-    train_users = [int(u) for f, _ in data.make_dataset(loaded, "train", 5, options=data.InputOptions(
+    train_items = [int(u) for f, _ in data.make_dataset(loaded, "train", 5, options=data.InputOptions(
         long_seq_length=2, shuffle=False)) for u in f["target_item_features"][0]]
-    assert train_users == list(range(1, 24))  # every row once, in order
+    if prebatch == 1:
+        assert train_items == list(range(1, 24))  # every row once, in order
+    else:
+        # Every row once; rows are shuffled within each source file's block before they share records.
+        assert sorted(train_items) == list(range(1, 24)) and train_items != list(range(1, 24))
+        assert sorted(train_items[:11]) == list(range(1, 12))  # part.0's rows stay before part.1's
 
 
 def test_files_converted_in_parallel_on_dask_hold_the_same_rows(tmp_path):
@@ -94,7 +99,8 @@ def test_files_converted_in_parallel_on_dask_hold_the_same_rows(tmp_path):
     loaded = fs.FeatureSpec.from_yaml(os.path.join(out, "feature_spec.yaml"))
     train_items = [int(u) for f, _ in data.make_dataset(loaded, "train", 5, options=data.InputOptions(
         long_seq_length=2, shuffle=False)) for u in f["target_item_features"][0]]
-    assert train_items == list(range(1, 24))  # every row once, in file order
+    # Every row once, file by file (rows shuffled inside each file's block), exactly as in one process.
+    assert sorted(train_items[:11]) == list(range(1, 12)) and sorted(train_items[11:]) == list(range(12, 24))
 
 
 def test_out_of_range_ids_and_bad_columns_are_reported(tmp_path):
