@@ -37,6 +37,7 @@ COMMANDS = {
     "benchmark-compare": ("sim_tf.commands.benchmark_compare", {}, "throughput ratios and paired per-seed AUC differences of two benchmark reports (or of configs within one)"),
     "benchmark-input": ("sim_tf.commands.benchmark_input", {}, "measure the input pipeline's samples/s"),
     "profile": ("sim_tf.commands.profile", {}, "top TensorFlow ops of a --profile_steps trace, without the profile plugin"),
+    "gpu-check": ("sim_tf.commands.gpu_check", {}, "first run on a GPU machine: build, GPUs, fp32/amp/xla step speed, loss scale, XLA compiles, copies"),
 }
 
 HELP_FLAGS = ("-h", "--help", "-help", "-?", "--helpshort")

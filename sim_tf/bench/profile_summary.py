@@ -4,6 +4,10 @@ The profiler writes ``<logdir>/plugins/profile/<run>/<host>.xplane.pb``. Every o
 an event named ``"<op name>:<op type>"`` on a host thread; this sums their durations by op type and by
 op name. Durations are wall time per op summed over threads: on a busy 2-core machine two ops running
 at once both count, so shares are of "op time", not of elapsed time.
+
+On a GPU the trace also has device planes (``/device:GPU:N``), whose events are the kernels the GPU ran.
+Those are summed apart, by kernel name: host op time (which includes the time an op spends launching its
+kernels) and device kernel time overlap, so adding them would count a GPU op twice.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ class OpTimes:
     by_type: collections.Counter
     by_name: collections.Counter
     total_ms: float
+    # Device planes (GPUs): kernel time by kernel name, and in all; empty on CPU-only traces.
+    device_kernels: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    device_ms: float = 0.0
+    device_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # events by name
 
 
 def find_trace(logdir: str) -> str:
@@ -46,8 +54,16 @@ def op_times(trace: str) -> OpTimes:
         space.ParseFromString(f.read())
     by_type: collections.Counter = collections.Counter()
     by_name: collections.Counter = collections.Counter()
+    kernels: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
     for plane in space.planes:
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        if is_device_plane(plane.name):
+            for line in plane.lines:
+                for event in line.events:
+                    kernels[names.get(event.metadata_id, "?")] += event.duration_ps / 1e9
+                    counts[names.get(event.metadata_id, "?")] += 1
+            continue
         for line in plane.lines:
             for event in line.events:
                 name = names.get(event.metadata_id, "")
@@ -61,7 +77,12 @@ def op_times(trace: str) -> OpTimes:
                 by_name[name] += ms
     if not by_type:
         raise UserError(f"the trace {trace!r} holds no TensorFlow op events")
-    return OpTimes(trace, by_type, by_name, sum(by_type.values()))
+    return OpTimes(trace, by_type, by_name, sum(by_type.values()), kernels, sum(kernels.values()), counts)
+
+
+def is_device_plane(name: str) -> bool:
+    """Whether an XPlane holds an accelerator's events ("/device:GPU:0") rather than the host's ("/host:CPU")."""
+    return name.startswith("/device:") and not name.startswith("/device:CPU")
 
 
 def format_top(times: OpTimes, top: int = 20) -> str:
@@ -72,4 +93,9 @@ def format_top(times: OpTimes, top: int = 20) -> str:
     lines += ["", f"top {top} ops:"]
     for name, ms in times.by_name.most_common(top):
         lines.append(f"  {ms:10,.1f} ms  {100 * ms / times.total_ms:5.1f}%  {name}")
+    if times.device_ms:
+        lines += ["", f"device kernel time in all: {times.device_ms:,.1f} ms (GPU kernels; not part of the op "
+                      f"time above)", f"top {top} kernels:"]
+        for name, ms in times.device_kernels.most_common(top):
+            lines.append(f"  {ms:10,.1f} ms  {100 * ms / times.device_ms:5.1f}%  {name}")
     return "\n".join(lines)

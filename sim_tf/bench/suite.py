@@ -175,7 +175,7 @@ def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: 
     return args + list(settings.extra_flags)
 
 
-def _summary(results_dir: str) -> dict | None:
+def read_summary(results_dir: str) -> dict | None:
     path = os.path.join(results_dir, "log.json")
     if not os.path.exists(path):
         return None
@@ -183,12 +183,14 @@ def _summary(results_dir: str) -> dict | None:
     return summaries[-1] if summaries else None
 
 
-def run_once(args: list[str], results_dir: str, timeout_s: float, sim_tf_path: str | None = None) -> dict:
+def run_once(args: list[str], results_dir: str, timeout_s: float, sim_tf_path: str | None = None,
+             extra_env: dict[str, str] | None = None) -> dict:
     """Runs ``sim-tf ARGS`` in a fresh process; returns its summary plus peak RSS, or an error.
 
-    With ``sim_tf_path`` the process imports sim_tf from that checkout instead of this one.
+    With ``sim_tf_path`` the process imports sim_tf from that checkout instead of this one; ``extra_env``
+    is added to its environment.
     """
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     if sim_tf_path:
         env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(sim_tf_path)] + [p for p in [env.get("PYTHONPATH")] if p])
     results_dir = os.path.abspath(results_dir)
@@ -212,7 +214,7 @@ def run_once(args: list[str], results_dir: str, timeout_s: float, sim_tf_path: s
         process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
     result = {"wall_seconds": wall, "peak_rss_bytes": usage.ru_maxrss * 1024, "exit_code": process.returncode}
-    summary = _summary(results_dir)
+    summary = read_summary(results_dir)
     if summary and summary.get("peak_rss_bytes"):
         result["peak_rss_bytes"] = summary["peak_rss_bytes"]  # the run's own high-water mark (VmHWM)
     if process.returncode != 0 or summary is None:
