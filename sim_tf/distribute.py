@@ -10,7 +10,11 @@ GPUs or a cluster; :func:`create_strategy` turns a choice into a strategy.
 * ``multi_worker``: MultiWorkerMirroredStrategy from TF_CONFIG, NCCL collectives on GPU and ring
   collectives on CPU, with a collective timeout so a hung peer ends the job instead of blocking it.
 * ``auto``: multi_worker when TF_CONFIG names more than one worker, mirrored when more than one GPU
-  (or more than one CPU replica) is present, else default.
+  (or more than one CPU replica) is present, one_device on one GPU, else default.
+
+:func:`plan_devices` makes the other choices that depend on the devices found (XLA, steps per loop,
+fixed shapes, the kernel that sums embedding-gradient rows, input readers and order, GPU memory growth),
+also as a pure function of the device count and flags.
 """
 
 from __future__ import annotations
@@ -87,6 +91,10 @@ def choose_strategy(requested: str, num_gpus: int, cluster: ClusterInfo, cpu_rep
             kind = "multi_worker"
         elif num_gpus > 1 or cpu_replicas > 1:
             kind = "mirrored"
+        elif num_gpus == 1:
+            # The default strategy does not prefetch to the device: every step would copy its ids from
+            # pageable host memory inside the step. OneDeviceStrategy prefetches the next batch to the GPU.
+            kind = "one_device"
         else:
             kind = "default"
     if kind != "multi_worker" and cluster.num_workers > 1:
@@ -107,6 +115,81 @@ def choose_strategy(requested: str, num_gpus: int, cluster: ClusterInfo, cpu_rep
     return StrategyChoice(kind, collective, num_gpus, cpu_replicas, cluster)
 
 
+# Steps per tf.function call on GPUs when --steps_per_loop is 0: each call ends in a few host syncs
+# (loss, step counters), during which a GPU that finishes a step in a few milliseconds would idle.
+GPU_STEPS_PER_LOOP = 50
+# Input readers (files read in parallel) when --num_parallel_reads is 0: at least 4, one per core up to 32.
+MIN_READS, MAX_READS = 4, 32
+ROW_SUM_KERNELS = ("sparse_matmul", "segment_sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicePlan:
+    """What a run does differently because of the devices it found (see :func:`plan_devices`)."""
+
+    xla: bool  # compile the steps with XLA
+    steps_per_loop: int  # training steps per tf.function call
+    drop_remainder: bool  # training drops its last partial batch
+    pad_last_eval_batch: bool  # evaluation pads its last batch to full size with zero-weight samples
+    row_sum: str  # kernel that sums embedding-gradient rows: ROW_SUM_KERNELS
+    num_parallel_reads: int  # files read in parallel per input pipeline
+    deterministic_input: bool  # tf.data keeps the element order (else the fastest element goes first)
+    gpu_memory_growth: bool  # allocate GPU memory as needed instead of all at start
+
+    def describe(self) -> str:
+        return (f"xla {'on' if self.xla else 'off'}, {self.steps_per_loop} step(s) per loop, "
+                f"{self.num_parallel_reads} reader(s), gradient rows summed by {self.row_sum}"
+                + (", fixed batch shapes" if self.pad_last_eval_batch else ""))
+
+
+def plan_devices(num_gpus: int, cores: int, *, xla: bool | None = None, steps_per_loop: int = 0,
+                 drop_remainder: bool = False, deterministic: bool = False, num_parallel_reads: int = 0,
+                 gpu_memory_growth: bool | None = None) -> DevicePlan:
+    """The device-dependent choices of a run, from the GPU count, the usable cores and the flags (None or
+    0 meaning "choose"); no TensorFlow calls, so every rule is tested with simulated device counts.
+
+    * XLA: on with GPUs, off on CPUs. On a GPU the unrolled GRU/AUGRU is ~1,000 small kernels a step,
+      launched one by one from the host; XLA fuses them. On a CPU XLA slowed SIM and DIEN training
+      (docs/performance.md), so it stays opt-in there.
+    * Under XLA every batch has one shape, or XLA compiles the step again for each new one: training
+      drops its last partial batch and evaluation pads its last batch with zero-weight samples.
+    * Steps per loop: GPU_STEPS_PER_LOOP on GPUs, 1 on CPUs (a CPU step is long enough that the host's
+      syncs between calls cost nothing, and a loss per step keeps progress and faults prompt).
+    * Gradient rows (embedding tables' IndexedSlices, densified or summed per row): on CPUs a sparse
+      0/1 matrix times the rows, which is multi-threaded and bit-identical to a segment sum; on GPUs
+      ``unsorted_segment_sum``, which has a deterministic GPU kernel (the sparse matmul has none, so it
+      fails under --deterministic) and needs no [N, 2] int64 index matrix.
+    * Readers: one per core, at least MIN_READS, at most MAX_READS. Input order: kept on CPU hosts,
+      whose steps are compute-bound (so keeping it is free and a seed reproduces a run); on GPU hosts,
+      where the input pipeline sets the pace, tf.data may hand out whichever batch is ready first unless
+      --deterministic is given.
+    * GPU memory growth: off unless asked for (TensorFlow's default: one process per GPU takes its memory
+      once, without fragmentation). `sim-tf launch local` turns it on when workers share a GPU.
+    """
+    use_xla = num_gpus > 0 if xla is None else bool(xla)
+    if steps_per_loop < 0 or num_parallel_reads < 0:
+        raise UserError("--steps_per_loop and --num_parallel_reads must be >= 0 (0: automatic)")
+    loop = steps_per_loop or (GPU_STEPS_PER_LOOP if num_gpus > 0 else 1)
+    reads = num_parallel_reads or max(MIN_READS, min(MAX_READS, cores))
+    return DevicePlan(
+        xla=use_xla,
+        steps_per_loop=loop,
+        drop_remainder=drop_remainder or use_xla,
+        pad_last_eval_batch=use_xla,
+        row_sum="segment_sum" if num_gpus > 0 else "sparse_matmul",
+        num_parallel_reads=reads,
+        deterministic_input=deterministic or num_gpus == 0,
+        gpu_memory_growth=bool(gpu_memory_growth),
+    )
+
+
+def visible_gpus() -> int:
+    """Physical GPUs TensorFlow sees (listing them does not start the runtime)."""
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask, which honours taskset and cpusets)."""
     try:
@@ -115,25 +198,30 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_intra_op_threads(num_gpus: int, cores: int, training: bool, xla: bool = False) -> int:
-    """Intra-op threads when --intra_op_parallelism is 0: 1 for training without XLA on a CPU-only host of
-    at most two cores, else 0 (TensorFlow's default, one per core).
+def auto_intra_op_threads(num_gpus: int, cores: int, training: bool, xla: bool = False,
+                          recurrent: bool = False) -> int:
+    """Intra-op threads when --intra_op_parallelism is 0: 1 for training, and for prediction with a
+    recurrent model (SIM, DIEN), without XLA on a CPU-only host of at most two cores, else 0 (TensorFlow's
+    default, one per core).
 
     On the 2-core machines we measure on, a training step's ops are small (a GRU step's matmul is
     [4096, 96] x [96, 96]) and its backward pass has enough independent ops to keep both inter-op threads
     busy, so one thread per op beats splitting each op over both cores: SIM trained 2-12% faster
     (BUILD_NOTES, Performance work). Prediction has no backward pass to overlap and ran 10-22% slower
-    with one thread per op, and XLA's compiled clusters parallelise inside themselves (SIM training with
-    `--xla` fell from 8.4k to 4.9k samples/s), so those keep the default; so do larger hosts, which
-    were not measured.
+    with one thread per op, unless its batch is split too (:func:`auto_microbatches`): for SIM and DIEN,
+    whose GRU steps are a chain of small ops, two halves on one thread each beat one batch on two
+    (docs/performance.md, issue 23); DIN's prediction has no such chain and keeps the default. XLA's
+    compiled clusters parallelise inside themselves (SIM training with `--xla` fell from 8.4k to 4.9k
+    samples/s), so they keep the default; so do larger hosts, which were not measured.
     """
-    return 1 if training and not xla and num_gpus == 0 and cores <= 2 else 0
+    return 1 if (training or recurrent) and not xla and num_gpus == 0 and cores <= 2 else 0
 
 
-def auto_microbatches(num_gpus: int, cores: int, training: bool, intra_op_threads: int, xla: bool = False) -> int:
-    """Parts per training batch when --microbatches is 0: one per core when training runs one thread per op
-    on a CPU-only host without XLA (``intra_op_threads`` is the resolved count, 0 meaning TensorFlow's
-    default), else 1.
+def auto_microbatches(num_gpus: int, cores: int, training: bool, intra_op_threads: int, xla: bool = False,
+                      recurrent: bool = False) -> int:
+    """Parts per batch when --microbatches is 0: one per core when training (or predicting with a recurrent
+    model) runs one thread per op on a CPU-only host without XLA (``intra_op_threads`` is the resolved
+    count, 0 meaning TensorFlow's default), else 1.
 
     With one thread per op, the ops of one batch leave a core idle whenever the step is a chain of
     dependent ops (a GRU's time steps, the layers of an MLP). Two halves of the batch are two independent
@@ -142,25 +230,27 @@ def auto_microbatches(num_gpus: int, cores: int, training: bool, intra_op_thread
     DIN 72 -> 61 (BUILD_NOTES, Performance work). GPUs run a batch's ops in one stream and XLA fuses the
     step into its own parallel clusters, so neither is split.
     """
-    if not training or xla or num_gpus > 0 or intra_op_threads != 1:
+    if not (training or recurrent) or xla or num_gpus > 0 or intra_op_threads != 1:
         return 1
     return max(1, cores)
 
 
 def configure_devices(cpu_replicas: int = 1, inter_op_threads: int = 0, intra_op_threads: int = 0,
-                      training: bool = False, xla: bool = False) -> int:
+                      training: bool = False, xla: bool = False, gpu_memory_growth: bool = False,
+                      recurrent: bool = False) -> int:
     """Sets threading and logical CPU devices; must run before TensorFlow executes any op.
 
-    Returns the number of visible GPUs. GPU memory growth is enabled so several workers can share a GPU
-    during development. ``intra_op_threads`` 0 means :func:`auto_intra_op_threads`; that automatic choice
-    is skipped if TensorFlow has already started (a second trainer in one process).
+    Returns the number of visible GPUs. With ``gpu_memory_growth`` each GPU's memory is allocated as
+    needed, so several processes can share a GPU. ``intra_op_threads`` 0 means
+    :func:`auto_intra_op_threads`; that automatic choice is skipped if TensorFlow has already started (a
+    second trainer in one process).
     """
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-    automatic = auto_intra_op_threads(len(gpus), usable_cores(), training, xla)
+    automatic = auto_intra_op_threads(len(gpus), usable_cores(), training, xla, recurrent)
     if intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
     elif automatic:
@@ -168,7 +258,7 @@ def configure_devices(cpu_replicas: int = 1, inter_op_threads: int = 0, intra_op
             tf.config.threading.set_intra_op_parallelism_threads(automatic)
         except RuntimeError:
             pass  # TensorFlow already runs with its threads; a performance default is not worth failing for
-    for gpu in gpus:
+    for gpu in gpus if gpu_memory_growth else ():
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:

@@ -24,7 +24,9 @@ for flag in sorted(flags.FLAGS.get_flags_for_module(module), key=lambda f: f.nam
     default = flag.default
     if isinstance(default, list):
         default = ",".join(default)
-    rows.append([flag.name, "" if default is None else str(default), " ".join(flag.help.split())])
+    # A boolean without a default is decided at run time (e.g. --xla by the devices: docs/gpu.md).
+    shown = ("auto" if flag.flag_type() == "bool" else "") if default is None else str(default)
+    rows.append([flag.name, shown, " ".join(flag.help.split())])
 print(json.dumps(rows))
 """
 

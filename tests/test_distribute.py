@@ -17,7 +17,7 @@ TWO = ClusterInfo(num_workers=2, task_index=1)
     "requested,gpus,cluster,cpu_replicas,kind,collective",
     [
         ("auto", 0, ONE, 1, "default", "none"),
-        ("auto", 1, ONE, 1, "default", "none"),
+        ("auto", 1, ONE, 1, "one_device", "none"),  # prefetches to the GPU; the default strategy does not
         ("auto", 8, ONE, 1, "mirrored", "nccl"),
         ("auto", 0, ONE, 2, "mirrored", "reduce_to_one_device"),
         ("auto", 0, TWO, 1, "multi_worker", "ring"),
@@ -103,7 +103,9 @@ def test_intra_op_threads_default_to_one_only_on_small_cpu_only_hosts():
     assert distribute.auto_intra_op_threads(num_gpus=0, cores=2, training=True) == 1
     assert distribute.auto_intra_op_threads(num_gpus=0, cores=16, training=True) == 0  # TensorFlow's default
     assert distribute.auto_intra_op_threads(num_gpus=1, cores=2, training=True) == 0
-    assert distribute.auto_intra_op_threads(num_gpus=0, cores=2, training=False) == 0  # prediction
+    assert distribute.auto_intra_op_threads(num_gpus=0, cores=2, training=False) == 0  # prediction (DIN)
+    assert distribute.auto_intra_op_threads(num_gpus=0, cores=2, training=False, recurrent=True) == 1  # SIM, DIEN
+    assert distribute.auto_intra_op_threads(num_gpus=0, cores=8, training=False, recurrent=True) == 0
     assert distribute.auto_intra_op_threads(num_gpus=0, cores=2, training=True, xla=True) == 0
     assert 1 <= distribute.usable_cores() <= (os.cpu_count() or 1)
 
@@ -115,6 +117,8 @@ def test_microbatches_default_to_one_per_core_only_with_one_thread_per_op():
     assert distribute.auto_microbatches(num_gpus=0, cores=2, training=True, intra_op_threads=2) == 1
     assert distribute.auto_microbatches(num_gpus=1, cores=2, training=True, intra_op_threads=1) == 1  # GPU
     assert distribute.auto_microbatches(num_gpus=0, cores=2, training=False, intra_op_threads=1) == 1  # prediction
+    assert distribute.auto_microbatches(num_gpus=0, cores=2, training=False, intra_op_threads=1, recurrent=True) == 2
+    assert distribute.auto_microbatches(num_gpus=1, cores=2, training=False, intra_op_threads=1, recurrent=True) == 1
     assert distribute.auto_microbatches(num_gpus=0, cores=2, training=True, intra_op_threads=1, xla=True) == 1
 
 
@@ -134,3 +138,36 @@ def test_configure_devices_applies_the_thread_choice(cores, flag, training, expe
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"threads {expected}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "gpus,cores,flags,expected",
+    [
+        # CPU hosts: the CPU's choices (no XLA, one step per call, sparse-matmul row sums, ordered input).
+        (0, 2, {}, dict(xla=False, steps_per_loop=1, drop_remainder=False, pad_last_eval_batch=False,
+                        row_sum="sparse_matmul", num_parallel_reads=4, deterministic_input=True)),
+        (0, 64, {}, dict(num_parallel_reads=32, deterministic_input=True)),
+        (0, 2, {"xla": True}, dict(xla=True, drop_remainder=True, pad_last_eval_batch=True)),
+        # GPU hosts: XLA with fixed shapes, 50 steps per call, segment sums, input order free.
+        (1, 16, {}, dict(xla=True, steps_per_loop=50, drop_remainder=True, pad_last_eval_batch=True,
+                         row_sum="segment_sum", num_parallel_reads=16, deterministic_input=False)),
+        (8, 96, {"xla": False}, dict(xla=False, drop_remainder=False, pad_last_eval_batch=False, num_parallel_reads=32)),
+        (8, 96, {"deterministic": True}, dict(deterministic_input=True, row_sum="segment_sum")),
+        (8, 96, {"steps_per_loop": 3, "num_parallel_reads": 7}, dict(steps_per_loop=3, num_parallel_reads=7)),
+        (0, 2, {"drop_remainder": True}, dict(drop_remainder=True, xla=False)),
+        (0, 2, {"gpu_memory_growth": True}, dict(gpu_memory_growth=True)),
+        (4, 8, {}, dict(gpu_memory_growth=False)),
+    ],
+)
+def test_device_plan_follows_the_devices_and_the_flags(gpus, cores, flags, expected):
+    plan = distribute.plan_devices(gpus, cores, **flags)
+    assert {k: getattr(plan, k) for k in expected} == expected
+
+
+def test_gpu_defaults_are_in_the_recipe_flag_file():
+    # The recipe's command on GPUs runs with XLA and 50 steps per loop without saying so; the flag file
+    # leaves both automatic rather than forcing a CPU value.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lines = open(os.path.join(root, "configs", "recipe_defaults.cfg")).read().splitlines()
+    assert "--steps_per_loop=0" in lines and not any(line.startswith("--xla") or line.startswith("--noxla") for line in lines)
+    assert distribute.plan_devices(8, 64, steps_per_loop=0).steps_per_loop == distribute.GPU_STEPS_PER_LOOP

@@ -20,6 +20,8 @@ from sim_tf.data import feature_spec as fs
 from sim_tf.data.inputs import DataError, explain_data_error, model_inputs
 
 AUTOTUNE = tf.data.AUTOTUNE
+# The label of the samples that pad_final_batch adds; no real label is negative.
+PADDING_LABEL = -1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,9 @@ class InputOptions:
     out_of_range: str | None = None  # "error" | "oov"; None takes the FeatureSpec's metadata
     deterministic: bool = True
     num_parallel_reads: int = 4
+    # Pad the last (partial) batch to the full batch size with all-padding samples labelled PADDING_LABEL,
+    # so every batch has one shape (XLA compiles a step once per shape); readers drop those samples.
+    pad_final_batch: bool = False
     prebatch_size: int | None = None  # None detects it from metadata or the first record
     # The negative history feeds DIEN's auxiliary loss only; prediction skips parsing it (a third of the
     # parsing work), and its SHORT_NEG_HISTORY is then an empty tuple.
@@ -244,11 +249,29 @@ def make_dataset(
         ds = records.batch(records_per_batch).map(parse_flat, num_parallel_calls=AUTOTUNE)
         ds = ds.rebatch(batch_size, drop_remainder=options.drop_remainder)
 
+    if options.pad_final_batch:
+        ds = ds.map(lambda features, label: pad_batch(features, label, batch_size))
+
     ds_options = tf.data.Options()
     ds_options.deterministic = options.deterministic
     ds_options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     ds = ds.with_options(ds_options)
     return ds.prefetch(options.prefetch)
+
+
+def pad_batch(features, label, batch_size: int):
+    """(features, label) padded along the batch axis to ``batch_size`` rows: zeros (id 0 and mask 0 are
+    padding everywhere) and PADDING_LABEL, so the added samples are empty histories that readers drop."""
+    missing = batch_size - tf.shape(label)[0]
+
+    def pad(x):
+        padded = tf.pad(x, tf.concat([[[0, missing]], tf.zeros([tf.rank(x) - 1, 2], tf.int32)], axis=0))
+        return padded if x.shape.rank is None else tf.ensure_shape(padded, [batch_size] + x.shape[1:])
+
+    features = tf.nest.map_structure(pad, features)
+    label = tf.ensure_shape(tf.concat([label, tf.fill([missing], tf.constant(PADDING_LABEL, label.dtype))], 0),
+                            [batch_size])
+    return features, label
 
 
 def first_unreadable_file(spec: fs.FeatureSpec, mappings=("train", "test")) -> tuple[str, str] | None:

@@ -36,7 +36,7 @@ class TrainConfig:
     # precision and compilation
     amp: bool = False
     amp_dtype: str = "auto"
-    xla: bool = False
+    xla: bool | None = False  # None: decided by the devices (distribute.plan_devices)
     # input
     drop_remainder: bool = False
     cache: bool = True
@@ -64,7 +64,9 @@ class TrainConfig:
     evaluate_train: bool = False
     seed: int = 0
     deterministic: bool = False
-    steps_per_loop: int = 1
+    steps_per_loop: int = 1  # 0: decided by the devices
+    num_parallel_reads: int = 0  # 0: decided by the cores
+    gpu_memory_growth: bool = False
     eval_every_steps: int = 0
     log_every_steps: int = 100
     profile_steps: tuple[int, int] | None = None
@@ -100,7 +102,8 @@ class TrainConfig:
         need(self.checkpoint_every_steps >= 0, f"--checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
         need(self.benchmark_warmup_steps >= 0, f"--benchmark_warmup_steps must be >= 0, got {self.benchmark_warmup_steps}")
         need(self.benchmark_steps >= 1, f"--benchmark_steps must be >= 1, got {self.benchmark_steps}")
-        need(self.steps_per_loop >= 1, f"--steps_per_loop must be >= 1, got {self.steps_per_loop}")
+        need(self.steps_per_loop >= 0, f"--steps_per_loop must be >= 0 (0: automatic), got {self.steps_per_loop}")
+        need(self.num_parallel_reads >= 0, f"--num_parallel_reads must be >= 0 (0: automatic), got {self.num_parallel_reads}")
         need(self.eval_every_steps >= 0, f"--eval_every_steps must be >= 0, got {self.eval_every_steps}")
         need(self.log_every_steps >= 1, f"--log_every_steps must be >= 1, got {self.log_every_steps}")
         need(self.strategy in STRATEGIES, f"--strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from sim_tf.data.dataset import lost_samples
+from sim_tf.data.dataset import PADDING_LABEL, lost_samples
 from sim_tf.errors import UserError
 from sim_tf.train.measure import percentiles
 
@@ -51,10 +51,13 @@ class Evaluator:
             optional = iterator.get_next_as_optional()
             if not bool(optional.has_value()):
                 break
-            p, y, u = self._predict_fn(optional.get_value())
-            probabilities.append(p.numpy())
-            labels.append(y.numpy())
-            users.append(u.numpy())
+            p, y, u = (t.numpy() for t in self._predict_fn(optional.get_value()))
+            real = y != PADDING_LABEL  # the padding of a last batch under XLA (InputOptions.pad_final_batch)
+            if not real.all():
+                p, y, u = p[real], y[real], u[real]
+            probabilities.append(p)
+            labels.append(y)
+            users.append(u)
             if timed:
                 latencies.append((time.perf_counter() - started, int(y.shape[0])))
         if not labels:

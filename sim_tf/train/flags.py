@@ -36,8 +36,8 @@ flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay of the optimizer
 flags.DEFINE_integer("epochs", 3, "Train for the following number of epochs.")
 flags.DEFINE_integer("global_batch_size", 131072, "Batch size used for training, evaluation and inference (summed over all replicas).")
 flags.DEFINE_float("dropout_rate", -1.0, "Dropout rate for all the classification MLPs (-1 disables dropout).")
-flags.DEFINE_boolean("amp", False, "Enable automatic mixed precision: float16 with dynamic loss scaling on GPU; bfloat16 on CPU (matmuls in bfloat16; GRU states, gates, sigmoids and the DIEN attention scores and softmax in float32).")
-flags.DEFINE_boolean("xla", False, "Compile the forward and backward pass, and the prediction step, with XLA (jit_compile). On CPU it speeds up inference and DIN training but slows SIM and DIEN training (README, Performance).")
+flags.DEFINE_boolean("amp", False, "Enable automatic mixed precision: float16 with dynamic loss scaling on GPU, bfloat16 on CPU. Matmuls run in that dtype; embedding tables, GRU/AUGRU states and gates, attention scores and softmaxes (SIM's top-k scores too), logits and losses stay float32.")
+flags.DEFINE_boolean("xla", None, "Compile the forward and backward pass, and the prediction step, with XLA (jit_compile); batches then keep one shape (training drops its last partial batch, evaluation pads its last). Default: on with GPUs, off on CPUs, where it speeds up inference and DIN training but slows SIM and DIEN training (docs/performance.md).")
 flags.DEFINE_boolean("drop_remainder", False, "Drop remainder batch for training set.")
 flags.DEFINE_boolean("disable_cache", False, "Do not keep the training records in memory between epochs, and shuffle the file order at each epoch. Without it, files are read in the FeatureSpec's order and the records are kept in memory when the run reads them more than once (over a quarter of the RAM, files are shuffled as with it).")
 flags.DEFINE_integer("repeat_count", 0, "Repeat training dataset this number of times per epoch (0 or 1: once).")
@@ -55,13 +55,14 @@ flags.DEFINE_integer("benchmark_warmup_steps", 20, "Number of warmup steps to us
 flags.DEFINE_integer("benchmark_steps", 200, "Number of steps to use for performance benchmarking.")
 flags.DEFINE_string("affinity", "socket_unique_interleaved", "Recipe compatibility only (Horovod CPU affinity); ignored.")
 flags.DEFINE_integer("inter_op_parallelism", 0, "Number of inter op threads (0: TensorFlow's default).")
-flags.DEFINE_integer("intra_op_parallelism", 0, "Number of intra op threads (0: automatic: 1 when training without --xla "
-                     "on a CPU-only host of at most 2 cores, where it is faster, else TensorFlow's default of one "
-                     "per core).")
-flags.DEFINE_integer("microbatches", 0, "Split each replica's training batch into this many parts, whose forward and "
+flags.DEFINE_integer("intra_op_parallelism", 0, "Number of intra op threads (0: automatic: 1 when training, or predicting "
+                     "with SIM or DIEN, without --xla on a CPU-only host of at most 2 cores, where it is faster, else "
+                     "TensorFlow's default of one per core).")
+flags.DEFINE_integer("microbatches", 0, "Split each replica's batch into this many parts, whose forward and "
                      "backward passes are independent until their gradients are summed (same loss and update as the "
-                     "whole batch). 0: automatic: one per core when training runs one thread per op (see "
-                     "--intra_op_parallelism), so the cores work on the parts side by side, else 1.")
+                     "whole batch; prediction concatenates the parts' outputs). 0: automatic: one per core when the "
+                     "run uses one thread per op (see --intra_op_parallelism: training, and SIM/DIEN prediction, on "
+                     "CPU hosts of up to 2 cores), so the cores work on the parts side by side, else 1.")
 flags.DEFINE_integer("seed", -1, "Random seed (-1: pick one and record it in config.json).")
 flags.DEFINE_integer("prebatch_train_size", 0, "Samples per training record (0: detect from the data).")
 flags.DEFINE_integer("prebatch_test_size", 0, "Samples per test record (0: detect from the data).")
@@ -84,13 +85,15 @@ flags.DEFINE_integer("twin_heads", 4, "--gsu twin: attention heads, each --embed
 flags.DEFINE_integer("max_long_history", 1000, "Behaviour-store datasets: the long history spans at most this many "
                      "behaviours before the recent ones (soft: all are embedded; hard: searched).", lower_bound=1)
 flags.DEFINE_enum("attention", "dot", list(ATTENTION_KINDS), "Target attention: dot (the recipe's) or din (the DIN paper's activation unit).")
-flags.DEFINE_integer("steps_per_loop", 1, "Training steps run inside one tf.function call between host-side logging.")
+flags.DEFINE_integer("steps_per_loop", 0, "Training steps run inside one tf.function call between host-side logging (0: 50 with GPUs, which would idle during the host's syncs between calls; 1 on CPUs).", lower_bound=0)
+flags.DEFINE_integer("num_parallel_reads", 0, "Data files read in parallel per input pipeline (0: one per core, 4 to 32).", lower_bound=0)
+flags.DEFINE_boolean("gpu_memory_growth", False, "Allocate GPU memory as it is needed instead of all at start (for several processes on one GPU; `sim-tf launch local` sets it when workers share GPUs).")
 flags.DEFINE_integer("eval_every_steps", 0, "Also evaluate every this many steps (0: only at epoch ends).")
 flags.DEFINE_integer("log_every_steps", 100, "Log the training loss and throughput every this many steps.")
 flags.DEFINE_string("tensorboard_dir", "", "TensorBoard log directory (default: RESULTS_DIR/tensorboard).")
 flags.DEFINE_string("profile_steps", "", "Profile steps START,END with the TensorBoard profiler (needs the `profile` extra to view).")
 flags.DEFINE_integer("shuffle_buffer", 0, "Records in the training shuffle buffer (0: 8 batches' worth, at most 65,536).")
-flags.DEFINE_boolean("deterministic", False, "Deterministic ops and input order: bit-identical results across runs on CPU.")
+flags.DEFINE_boolean("deterministic", False, "Deterministic ops (TensorFlow's op determinism) and input order: bit-identical results across runs. Without it, input order is still kept on CPUs; on GPUs tf.data may hand out whichever batch is ready first.")
 flags.DEFINE_boolean("evaluate_train", False, "Also evaluate on the training split at each evaluation.")
 flags.DEFINE_boolean("random_init", False, "Evaluate or infer with random weights (pure speed tests).")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --save_checkpoint_path.")
@@ -180,6 +183,8 @@ def config_from_flags(mode: str | None = None) -> TrainConfig:
         seed=_seed(FLAGS.seed),
         deterministic=FLAGS.deterministic,
         steps_per_loop=FLAGS.steps_per_loop,
+        num_parallel_reads=FLAGS.num_parallel_reads,
+        gpu_memory_growth=FLAGS.gpu_memory_growth,
         eval_every_steps=FLAGS.eval_every_steps,
         log_every_steps=FLAGS.log_every_steps,
         profile_steps=_profile_steps(FLAGS.profile_steps),

@@ -40,6 +40,24 @@ def peak_rss_bytes() -> int | None:
         return None
 
 
+def gpu_peak_bytes(num_gpus: int, memory_info=None) -> int | None:
+    """The largest peak memory TensorFlow's allocator reached on any of this process's GPUs (None
+    without GPUs). ``memory_info`` replaces tf.config.experimental.get_memory_info (tests)."""
+    if num_gpus <= 0:
+        return None
+    if memory_info is None:
+        import tensorflow as tf
+
+        memory_info = tf.config.experimental.get_memory_info
+    peaks = []
+    for index in range(num_gpus):
+        try:
+            peaks.append(int(memory_info(f"GPU:{index}")["peak"]))
+        except (ValueError, KeyError):
+            pass  # a device TensorFlow does not track
+    return max(peaks) if peaks else None
+
+
 def weights_digest(variables) -> str:
     """A short hash of every weight: equal on all workers of a synchronous job, and across runs that
     compute the same thing."""

@@ -15,13 +15,15 @@ import os
 import keras
 import tensorflow as tf
 
+from sim_tf import distribute
 from sim_tf.data import dataset as data
 from sim_tf.data import feature_spec as fs
 from sim_tf.data import inputs
 from sim_tf.models import losses, models
 from sim_tf.train import metrics
 from sim_tf.train.config import TrainConfig
-from sim_tf.train.optimizers import LazyAdam, densify, make_optimizer
+from sim_tf.train.optimizers import (LazyAdam, LossScaleOptimizer, densify, loss_scale_growth_steps,
+                                     make_optimizer, sum_rows)
 
 # Keras's Adam and Adagrad square an IndexedSlices gradient row by row *before* duplicate ids are summed,
 # which is not Adam; densifying first (as the recipe does) gives the real update. SGD and LazyAdam sum
@@ -35,6 +37,26 @@ def needs_dense_gradients(optimizer) -> bool:
     return isinstance(inner, DENSE_GRADIENT_OPTIMIZERS) and not isinstance(inner, LazyAdam)
 
 
+# Embedding tables up to this many rows send their gradient dense across replicas: a dense all-reduce of
+# at most 4 MB (at 16 floats a row) costs less than gathering every replica's sparse rows, which NCCL cannot
+# all-reduce (TensorFlow falls back to reducing on one device or all-gathering).
+DENSE_EXCHANGE_MAX_ROWS = 1 << 16
+
+
+def for_exchange(gradient):
+    """A gradient as it should cross replicas: a small table's IndexedSlices summed into a dense tensor, a
+    large table's with its duplicate rows summed first (a batch looks the same item up many times: the
+    rows to exchange shrink from one per lookup to one per distinct id). Dense gradients pass unchanged."""
+    if not isinstance(gradient, tf.IndexedSlices):
+        return gradient
+    rows = gradient.dense_shape[0] if gradient.dense_shape is not None else None
+    static_rows = tf.get_static_value(rows) if rows is not None else None
+    if static_rows is not None and static_rows <= DENSE_EXCHANGE_MAX_ROWS:
+        return densify(gradient)
+    ids, position = tf.unique(gradient.indices)
+    return tf.IndexedSlices(sum_rows(gradient.values, position, tf.shape(ids)[0]), ids, gradient.dense_shape)
+
+
 class CtrTask:
     """CTR training for one model family (SIM, DIEN, DIN) on one FeatureSpec dataset.
 
@@ -43,10 +65,16 @@ class CtrTask:
     """
 
     def __init__(self, config: TrainConfig, spec: fs.FeatureSpec, num_replicas: int = 1,
-                 loss_scaling: bool = False, microbatches: int = 1):
+                 loss_scaling: bool = False, microbatches: int = 1, plan: distribute.DevicePlan | None = None):
         if microbatches < 1:
             raise ValueError(f"microbatches must be >= 1, got {microbatches}")
         self.config = config
+        # What the devices decided; without one (tests, tools), the CPU's choices for this config.
+        self.plan = plan or distribute.plan_devices(0, distribute.usable_cores(), xla=bool(config.xla),
+                                                    steps_per_loop=config.steps_per_loop,
+                                                    drop_remainder=config.drop_remainder,
+                                                    deterministic=config.deterministic,
+                                                    num_parallel_reads=config.num_parallel_reads)
         self.spec = spec
         self.num_replicas = num_replicas
         self.loss_scaling = loss_scaling
@@ -56,22 +84,24 @@ class CtrTask:
         self.dense_gradients = False
         # The training records cached in memory, shared by every epoch's pipeline (see input_options).
         self._record_cache: dict = {}
+        xla = self.plan.xla
         self.forward_backward = (
-            tf.function(self._forward_backward_impl, jit_compile=True) if config.xla else self._forward_backward_impl
+            tf.function(self._forward_backward_impl, jit_compile=True) if xla else self._forward_backward_impl
         )
-        self._predict = tf.function(self._predict_impl, jit_compile=True) if config.xla else self._predict_impl
+        self._predict = tf.function(self._predict_impl, jit_compile=True) if xla else self._predict_impl
 
     # ------------------------------------------------------------------ building
     def build_model(self) -> keras.Model:
         self.model = models.build_model(self.config.model_type, self.config.model, self.spec)
         return self.model
 
-    def create_optimizer(self):
-        """The optimizer (wrapped for dynamic loss scaling when asked), with its slots built."""
+    def create_optimizer(self, total_steps: int | None = None):
+        """The optimizer (wrapped for dynamic loss scaling when asked, growing the scale again after a tenth
+        of ``total_steps``, the run's planned steps), with its slots built."""
         c = self.config
         optimizer = make_optimizer(c.optimizer, c.lr, c.weight_decay)
         if self.loss_scaling:
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer = LossScaleOptimizer(optimizer, dynamic_growth_steps=loss_scale_growth_steps(total_steps))
         optimizer.build(self.model.trainable_variables)
         self.optimizer = optimizer
         self.dense_gradients = needs_dense_gradients(optimizer)
@@ -113,14 +143,17 @@ class CtrTask:
             seed=c.seed * 1009 + epoch,
             shuffle=training,
             shuffle_buffer=c.shuffle_buffer,
-            drop_remainder=c.drop_remainder and training,
+            drop_remainder=self.plan.drop_remainder and training,
             # The cache only pays when this run reads the records again. The file order must not depend on
             # the number of epochs, though, so a one-pass run reads in the cached runs' order.
             cache=cacheable and c.epochs * max(1, c.repeat_count) > 1 and not forever,
             fixed_file_order=cacheable,
             repeat=0 if forever or (c.benchmark and training) else max(1, c.repeat_count) if training else 1,
             prefetch=prefetch if prefetch > 0 else data.AUTOTUNE,
-            deterministic=True,
+            deterministic=self.plan.deterministic_input,
+            num_parallel_reads=self.plan.num_parallel_reads,
+            # Under XLA a last batch of another size would compile the prediction step again.
+            pad_final_batch=self.plan.pad_last_eval_batch and not training,
             prebatch_size=prebatch or None,
             negative_history=training,
             gsu=c.model.gsu,
@@ -176,6 +209,8 @@ class CtrTask:
         loss, grads = self.forward_backward(features, labels, global_counts)
         if self.dense_gradients:
             grads = [densify(g) for g in grads]
+        elif self.num_replicas > 1:
+            grads = [for_exchange(g) for g in grads]
         if self.loss_scaling and self.num_replicas > 1:
             grads = self._agree_on_finiteness(context, grads)
         self.optimizer.apply(grads, self.model.trainable_variables)
@@ -204,7 +239,11 @@ class CtrTask:
         return [mark(g) for g in grads]
 
     def _predict_impl(self, features):
-        return self.model(features, training=False)["prediction"]
+        """Probabilities of the batch, predicted in ``microbatches`` independent parts (see train_step)."""
+        if self.microbatches == 1:
+            return self.model(features, training=False)["prediction"]
+        parts = self.split_batch(features, tf.zeros_like(features[inputs.USER][0], tf.float32), self.microbatches)
+        return tf.concat([self.model(f, training=False)["prediction"] for f, _ in parts], axis=0)
 
     def predict_step(self, batch):
         """(probabilities, labels, first user feature) of one replica's batch."""

@@ -17,7 +17,7 @@ from sim_tf.data.atomic import ensure_writable_folder
 from sim_tf.data import dataset as data
 from sim_tf.errors import UserError, brief
 from sim_tf.train.config import TrainConfig
-from sim_tf.train.measure import peak_rss_bytes, weights_digest
+from sim_tf.train.measure import gpu_peak_bytes, peak_rss_bytes, weights_digest
 from sim_tf.train.run_log import RunLog
 from sim_tf.train.trainer import Trainer
 
@@ -30,12 +30,15 @@ SUMMARY_FIELDS = [
     ("time_to_train", "time to train (s)", "{:.1f}"),
     ("latency_mean_ms", "step latency mean (ms)", "{:.1f}"),
     ("latency_p99_ms", "step latency p99 (ms)", "{:.1f}"),
+    ("peak_rss_bytes", "peak host memory (GiB)", "{:.2f}"),
+    ("gpu_peak_bytes", "peak GPU memory (GiB)", "{:.2f}"),
 ]
+_GIB_FIELDS = ("peak_rss_bytes", "gpu_peak_bytes")
 
 
 def format_summary(summary: dict) -> str:
-    return "\n".join(f"  {label:<24} {fmt.format(summary[key])}" for key, label, fmt in SUMMARY_FIELDS
-                     if summary.get(key) is not None)
+    return "\n".join(f"  {label:<24} {fmt.format(summary[key] / 2**30 if key in _GIB_FIELDS else summary[key])}"
+                     for key, label, fmt in SUMMARY_FIELDS if summary.get(key) is not None)
 
 
 def create_trainer(config: TrainConfig, echo: Callable[[str], None] | None = print) -> Trainer:
@@ -64,6 +67,7 @@ def run_mode(trainer: Trainer) -> dict:
     if trainer.is_chief:
         c.write(os.path.join(c.results_dir, "config.json"),
                 {"resolved": {"strategy": dataclasses.asdict(trainer.choice), "precision": trainer.policy,
+                          "devices": dataclasses.asdict(trainer.plan),
                               "replicas": trainer.strategy.num_replicas_in_sync,
                               "intra_op_threads": trainer.intra_op_threads, "microbatches": trainer.microbatches}})
     try:
@@ -97,8 +101,16 @@ def run_mode(trainer: Trainer) -> dict:
         trainer.profiler.stop()
     summary = {"mode": c.mode, "model_type": c.model_type, "benchmark": c.benchmark, **summary,
                "peak_rss_bytes": peak_rss_bytes()}
+    gpu_peak = gpu_peak_bytes(trainer.choice.num_gpus)
+    if gpu_peak is not None:
+        summary["gpu_peak_bytes"] = gpu_peak
     if c.mode == "train":
         summary["weights_digest"] = weights_digest(trainer.model.variables)
+        if trainer.task.loss_scaling:
+            # A scale below where it started at the end of a run means steps overflowed and it never grew back.
+            summary["loss_scale_initial"] = float(trainer.optimizer.initial_scale)
+            summary["loss_scale_final"] = float(trainer.optimizer.dynamic_scale.numpy())
+            summary["loss_scale_growth_steps"] = int(trainer.optimizer.dynamic_growth_steps)
         if trainer.cluster.num_workers > 1:
             print(f"worker {trainer.cluster.task_index}: model weights digest {summary['weights_digest']}", flush=True)
     trainer.log.record("summary", **summary)

@@ -8,6 +8,7 @@ timed steps on endlessly repeating data, without evaluation or checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import threading
@@ -24,6 +25,7 @@ from sim_tf.progress import format_duration
 from sim_tf.train.checkpoints import TrainingCheckpoints
 from sim_tf.train.config import TrainConfig
 from sim_tf.train.evaluation import Evaluator
+from sim_tf.train import optimizers
 from sim_tf.train.measure import percentiles
 from sim_tf.train.precision import global_dtype_policy, resolve_precision
 from sim_tf.train.run_log import Profiler, RunLog, Summaries
@@ -67,6 +69,11 @@ def check_epoch_samples(config: TrainConfig, train_samples: int, declared: bool,
                            f"(from {source})", f"check it with `sim-tf inspect --dataset_dir {config.dataset_dir}`")
 
 
+# Models whose prediction is a chain of small ops (the GRU/AUGRU over the short history): on small CPU
+# hosts they predict in microbatches, one thread per op (distribute.auto_microbatches).
+RECURRENT_MODELS = ("sim", "dien")
+
+
 class StopRequest:
     """While active, SIGTERM and SIGINT only set ``signum``, which the loop polls between inner loops, so
     every worker can agree on a step and save; a second SIGINT stops at once."""
@@ -95,13 +102,24 @@ class StopRequest:
 
 class Trainer:
     def __init__(self, config: TrainConfig, spec: fs.FeatureSpec, log: RunLog):
-        self.config = config
         self.log = log
         self.cluster = distribute.read_tf_config()
+        self.plan = distribute.plan_devices(
+            distribute.visible_gpus(), distribute.usable_cores(), xla=config.xla,
+            steps_per_loop=config.steps_per_loop, drop_remainder=config.drop_remainder,
+            deterministic=config.deterministic, num_parallel_reads=config.num_parallel_reads,
+            gpu_memory_growth=config.gpu_memory_growth)
+        # From here on the config holds what the devices decided (recorded in config.json).
+        config = dataclasses.replace(config, xla=self.plan.xla, steps_per_loop=self.plan.steps_per_loop,
+                                     drop_remainder=self.plan.drop_remainder,
+                                     num_parallel_reads=self.plan.num_parallel_reads)
+        self.config = config
         num_gpus = distribute.configure_devices(
             config.cpu_replicas, config.inter_op_parallelism, config.intra_op_parallelism,
-            training=config.mode == "train", xla=config.xla,
+            training=config.mode == "train", xla=config.xla, gpu_memory_growth=self.plan.gpu_memory_growth,
+            recurrent=config.model_type in RECURRENT_MODELS,
         )
+        optimizers.set_row_sum(self.plan.row_sum)
         self.choice = distribute.choose_strategy(config.strategy, num_gpus, self.cluster, config.cpu_replicas)
         self.strategy = distribute.create_strategy(self.choice, config.collective_timeout_s)
         self.is_chief = self.cluster.is_chief
@@ -114,14 +132,16 @@ class Trainer:
         # The resolved thread count (0: TensorFlow's default, one per core), recorded in config.json.
         self.intra_op_threads = tf.config.threading.get_intra_op_parallelism_threads()
         self.microbatches = config.microbatches or min(config.global_batch_size // replicas, distribute.auto_microbatches(
-            num_gpus, distribute.usable_cores(), config.mode == "train", self.intra_op_threads, config.xla))
-        self.task = CtrTask(config, spec, replicas, loss_scaling, self.microbatches)
+            num_gpus, distribute.usable_cores(), config.mode == "train", self.intra_op_threads, config.xla,
+            config.model_type in RECURRENT_MODELS))
+        self.task = CtrTask(config, spec, replicas, loss_scaling, self.microbatches, self.plan)
         self.log.say(distribute.describe(self.choice, self.strategy) + f", precision {self.policy}"
                      + (", XLA" if config.xla else ""))
+        self.log.say(f"devices decided: {self.plan.describe()} (docs/gpu.md)")
 
         with global_dtype_policy(self.policy), self.strategy.scope():
             self.model = self.task.build_model()
-            self.optimizer = self.task.create_optimizer()
+            self.optimizer = self.task.create_optimizer(self._planned_steps())
             aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=aggregation)
@@ -137,6 +157,18 @@ class Trainer:
                                    self.samples)
         self._train_loop_fn = None
         self.stop_request = StopRequest(log.say)
+
+    def _planned_steps(self) -> int | None:
+        """Training steps this run plans (None when it does not train or the count is unknown)."""
+        c = self.config
+        if c.mode != "train":
+            return None
+        if c.benchmark:
+            return c.benchmark_warmup_steps + c.benchmark_steps
+        declared = self.task.declared_count("train")
+        if declared is None:
+            return None
+        return steps_per_epoch(c, declared) * c.epochs
 
     def datasets(self, mapping: str, epoch: int, skip_steps: int = 0, forever: bool = False):
         """The distributed dataset of ``mapping`` in ``epoch``, without its first ``skip_steps`` global steps."""
