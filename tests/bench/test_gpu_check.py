@@ -49,7 +49,9 @@ def test_report_names_every_check():
 
 
 def test_compiles_and_copies_are_counted_from_their_sources():
-    log = "I0000 device_compiler.h:186] Compiled cluster using XLA!\nnoise\nI device_compiler.h:200] Compiled x\n"
+    log = ("I0000 device_compiler.h:208] Compiled cluster using XLA!  This line is logged at most once\n"
+           "I0000 device_compiler.h:538] Compilation of XLA executable time: 117 ms (cumulative: 117 ms, #called: 1)\n"
+           "noise\nI0000 device_compiler.h:538] Compilation of XLA executable time: 48.6 ms (#called: 2)\n")
     assert gpu_check.count_compiles(log) == 2
     counts = {"MemcpyHtoD": 10, "MemcpyDtoH": 5, "volta_sgemm": 100}
     assert gpu_check.copies_per_step(counts, 5) == {"host_to_device": 2.0, "device_to_host": 1.0}
@@ -80,3 +82,17 @@ def test_profile_summary_keeps_device_kernels_apart_from_host_ops(tmp_path):
     assert times.device_counts["MemcpyHtoD"] == 1 and "volta_sgemm_128x64" not in times.by_name
     text = profile_summary.format_top(times)
     assert "device kernel time in all: 3.0 ms" in text and "op time in all: 4.0 ms" in text
+
+
+def test_tensorflow_logs_one_line_per_xla_compilation():
+    # The log line gpu-check counts, from TensorFlow itself: one jit_compile function, three input shapes.
+    code = ("import tensorflow as tf\n"
+            "f = tf.function(lambda x: tf.reduce_sum(x * x), jit_compile=True)\n"
+            "for n in (3, 3, 5, 7, 7):\n"
+            "    f(tf.ones([n]))\n")
+    import os
+
+    env = dict(os.environ, **gpu_check.COMPILE_LOG_ENV)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert gpu_check.count_compiles(result.stderr + result.stdout) == 3
