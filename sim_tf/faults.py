@@ -86,6 +86,26 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
+def _worker_signals():
+    """A forked pool worker's signal handling: SIGTERM kills it at once, SIGINT is the parent's to handle.
+
+    A forked worker inherits the parent's Python handlers, which turn SIGTERM into an exception. When a
+    pool is closed it SIGTERMs its idle workers; raised inside the worker's wait for the next task, that
+    exception ran the worker's exit handlers with the task queue's lock held, and the worker hung there,
+    and the parent with it (seen as a demo that never finished, under load).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def fork_pool(workers: int):
+    """A multiprocessing pool of ``workers`` forked processes (they inherit module globals instead of
+    pickling them) whose signal handling is the default one (see _worker_signals)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
+
+
 def guard(program: str, run, argv):
     """Runs ``run(argv)`` with the translations above; returns its result or exits."""
     from sim_tf.errors import Interrupted, UserError

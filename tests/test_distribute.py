@@ -156,7 +156,8 @@ def test_configure_devices_applies_the_thread_choice(cores, flag, training, expe
         (8, 96, {"steps_per_loop": 3, "num_parallel_reads": 7}, dict(steps_per_loop=3, num_parallel_reads=7)),
         (0, 2, {"drop_remainder": True}, dict(drop_remainder=True, xla=False)),
         (0, 2, {"gpu_memory_growth": True}, dict(gpu_memory_growth=True)),
-        (4, 8, {}, dict(gpu_memory_growth=False)),
+        (4, 8, {}, dict(gpu_memory_growth=False, compact_sparse_exchange=True)),
+        (0, 2, {}, dict(compact_sparse_exchange=False)),
     ],
 )
 def test_device_plan_follows_the_devices_and_the_flags(gpus, cores, flags, expected):

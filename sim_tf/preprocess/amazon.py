@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from sim_tf.errors import UserError
+from sim_tf.faults import fork_pool
 from sim_tf.preprocess.amazon_reader import read_categories, read_reviews
 from sim_tf.preprocess.byo_parquet import arrow_table, write_row_groups
 from sim_tf.progress import Progress
@@ -305,9 +306,7 @@ def preprocess(reviews: str, meta: str, output: str, config: AmazonConfig, log: 
     written = 0
     try:
         if workers > 1:
-            import multiprocessing
-
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            with fork_pool(workers) as pool:
                 for rows in pool.imap_unordered(_write_part, tasks):
                     written += rows
                     progress.update(written, written / train_rows, force=True)

@@ -21,6 +21,7 @@ from array import array
 import numpy as np
 
 from sim_tf.errors import UserError
+from sim_tf.faults import fork_pool
 from sim_tf.progress import Progress
 
 # The 2014 files write every review as {"reviewerID": "...", "asin": "...", ..., "unixReviewTime": N, ...}:
@@ -173,13 +174,11 @@ def read_reviews(path: str, strict: bool = False, workers: int = 1, with_user_na
     progress = Progress("reading reviews", unit="lines")
     if workers > 1 and not strict and not path.endswith(".gz") and size > PARALLEL_MIN_BYTES:
         raw.close()
-        import multiprocessing
-
         tasks = [(path, a, b) for a, b in _ranges(path, workers * 4)]
         users_table: dict[bytes, int] = {}
         items_table: dict[bytes, int] = {}
         user_ids, item_ids, times, reports = [], [], [], []
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with fork_pool(workers) as pool:
             # Ranges arrive in file order and are merged at once, so ids keep the order of first appearance
             # and only one range's key lists are held at a time.
             for i, (users, items, when, user_keys, item_keys, local) in enumerate(pool.imap(_read_range, tasks)):
@@ -298,11 +297,9 @@ def read_categories(path: str, wanted: dict[bytes, int], strict: bool = False, w
     progress = Progress("reading metadata", unit="lines")
     if workers > 1 and not strict and not path.endswith(".gz") and size > PARALLEL_MIN_BYTES:
         raw.close()
-        import multiprocessing
-
         _WANTED = wanted  # inherited by the forked workers
         try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            with fork_pool(workers) as pool:
                 parts = pool.map(_read_meta_range, [(path, a, b) for a, b in _ranges(path, workers * 4)])
         finally:
             _WANTED = {}

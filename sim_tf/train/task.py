@@ -209,7 +209,7 @@ class CtrTask:
         loss, grads = self.forward_backward(features, labels, global_counts)
         if self.dense_gradients:
             grads = [densify(g) for g in grads]
-        elif self.num_replicas > 1:
+        elif self.num_replicas > 1 and self.plan.compact_sparse_exchange:
             grads = [for_exchange(g) for g in grads]
         if self.loss_scaling and self.num_replicas > 1:
             grads = self._agree_on_finiteness(context, grads)
