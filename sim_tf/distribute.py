@@ -173,8 +173,6 @@ def plan_devices(num_gpus: int, cores: int, *, xla: bool | None = None, steps_pe
       5e-4 (docs/gpu.md, item 4).
     """
     use_xla = num_gpus > 0 if xla is None else bool(xla)
-    if steps_per_loop < 0 or num_parallel_reads < 0:
-        raise UserError("--steps_per_loop and --num_parallel_reads must be >= 0 (0: automatic)")
     loop = steps_per_loop or (GPU_STEPS_PER_LOOP if num_gpus > 0 else 1)
     reads = num_parallel_reads or max(MIN_READS, min(MAX_READS, cores))
     return DevicePlan(

@@ -27,6 +27,7 @@ RECIPE_A100 = {"fp32": 381_211, "fp32+xla": 462_013, "amp": 484_360, "amp+xla": 
 # one jit_compile function, three lines).
 COMPILE_LOG_ENV = {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "device_compiler=1"}
 COMPILE_LINE = re.compile(r"Compilation of XLA executable time")
+PROFILED_STEPS = 5  # steps the profile run traces, after its warm-up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,7 @@ def run_args(run: Run, dataset_dir: str, results_dir: str, batch: int, warmup: i
             f"--benchmark_warmup_steps={warmup}", f"--benchmark_steps={steps}", *run.flags]
     if run.profile:
         start = warmup + 1
-        args.append(f"--profile_steps={start},{start + 4}")
+        args.append(f"--profile_steps={start},{start + PROFILED_STEPS - 1}")
     return args
 
 
@@ -155,7 +156,7 @@ def run_one(run: Run, args: list[str], results_dir: str, timeout_s: float) -> di
 
         try:
             times = profile_summary.op_times(profile_summary.find_trace(results_dir))
-            result["copies_per_step"] = copies_per_step(dict(times.device_counts), 5)
+            result["copies_per_step"] = copies_per_step(dict(times.device_counts), PROFILED_STEPS)
         except Exception as e:  # a profile that cannot be read costs this line only
             result["copies_per_step_error"] = str(e)
     result["recipe"] = run.recipe

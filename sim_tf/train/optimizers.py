@@ -21,6 +21,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from sim_tf.distribute import ROW_SUM_KERNELS
+
 
 OPTIMIZERS = ("adam", "lazy_adam", "sgd", "adagrad")
 
@@ -33,8 +35,8 @@ _row_sum = "sparse_matmul"
 def set_row_sum(kind: str) -> None:
     """Chooses sum_rows's kernel for the steps traced from now on."""
     global _row_sum
-    if kind not in ("sparse_matmul", "segment_sum"):
-        raise ValueError(f"row sum kernel must be sparse_matmul or segment_sum, got {kind!r}")
+    if kind not in ROW_SUM_KERNELS:
+        raise ValueError(f"row sum kernel must be one of {' or '.join(ROW_SUM_KERNELS)}, got {kind!r}")
     _row_sum = kind
 
 
@@ -186,5 +188,10 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     """
 
     def check_finite(self, grads):
-        values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
-        return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in values]))
+        return all_finite(grads)
+
+
+def all_finite(grads) -> tf.Tensor:
+    """Whether every gradient is finite, reading an IndexedSlices gradient's values (never densifying it)."""
+    values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in values]))

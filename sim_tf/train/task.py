@@ -22,7 +22,7 @@ from sim_tf.data import inputs
 from sim_tf.models import losses, models
 from sim_tf.train import metrics
 from sim_tf.train.config import TrainConfig
-from sim_tf.train.optimizers import (LazyAdam, LossScaleOptimizer, densify, loss_scale_growth_steps,
+from sim_tf.train.optimizers import (LazyAdam, LossScaleOptimizer, all_finite, densify, loss_scale_growth_steps,
                                      make_optimizer, sum_rows)
 
 # Keras's Adam and Adagrad square an IndexedSlices gradient row by row *before* duplicate ids are summed,
@@ -224,9 +224,7 @@ class CtrTask:
         replicas disagreed, some would skip the step and others not. One scalar all-reduce makes the
         decision (skip and lower the scale, or apply) the same everywhere.
         """
-        finite = tf.reduce_all(
-            [tf.reduce_all(tf.math.is_finite(g.values if isinstance(g, tf.IndexedSlices) else g)) for g in grads]
-        )
+        finite = all_finite(grads)
         failures = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
         all_finite = failures == 0.0
         poison = tf.where(all_finite, tf.constant(1.0), tf.constant(float("nan")))

@@ -67,7 +67,7 @@ def run_mode(trainer: Trainer) -> dict:
     if trainer.is_chief:
         c.write(os.path.join(c.results_dir, "config.json"),
                 {"resolved": {"strategy": dataclasses.asdict(trainer.choice), "precision": trainer.policy,
-                          "devices": dataclasses.asdict(trainer.plan),
+                              "devices": dataclasses.asdict(trainer.plan),
                               "replicas": trainer.strategy.num_replicas_in_sync,
                               "intra_op_threads": trainer.intra_op_threads, "microbatches": trainer.microbatches}})
     try:
