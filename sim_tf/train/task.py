@@ -226,8 +226,8 @@ class CtrTask:
         """
         finite = all_finite(grads)
         failures = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
-        all_finite = failures == 0.0
-        poison = tf.where(all_finite, tf.constant(1.0), tf.constant(float("nan")))
+        everywhere_finite = failures == 0.0
+        poison = tf.where(everywhere_finite, tf.constant(1.0), tf.constant(float("nan")))
 
         def mark(g):
             if isinstance(g, tf.IndexedSlices):
