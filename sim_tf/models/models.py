@@ -27,7 +27,7 @@ import tensorflow as tf
 from sim_tf.data import inputs as keys
 from sim_tf.data import feature_spec as fs
 from sim_tf.layers.core import (ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, TableRows,
-                                masked_mean)
+                                masked_mean, masked_softmax)
 from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
 from sim_tf.layers.long_sequence import MAX_SDIM_BITS, EtaSearch, SdimSampler, TwinAttention, age_buckets
 from sim_tf.models import GSU_KINDS, MODEL_TYPES
@@ -315,6 +315,38 @@ class SIM(_DienBlock, CtrModel):
         top_items, top_mask = select_top_k(scores, long_history, long_mask, k, differentiable=training)
         return top_items, top_mask, stage_one
 
+    def _predicts_by_mask(self, steps, training) -> bool:
+        """Whether prediction takes :meth:`_soft_search_prediction`: the soft search with dot attention
+        over a padded long history of at most ``sort_select_max_steps`` positions (the recipe's format)."""
+        return (not training and self.soft and self.config.attention == "dot" and steps is not None
+                and steps <= self.sort_select_max_steps)
+
+    def _soft_search_prediction(self, query, features, sources):
+        """(ESU attention, mean of the chosen behaviours) of the soft search, for prediction.
+
+        The GSU and ESU attentions are both dot products of the same target with the same keys and have
+        no weights, so the ESU's scores over the chosen behaviours are the GSU's. The top-k choice becomes a
+        mask over the long history (top_k_mask: the positions select_top_k gathers), and the attention pool
+        and the mean run over all T positions under it. Same numbers as gathering the k behaviours and
+        pooling them (up to float rounding), without the [B, k, D] gather, the concatenation of the long
+        history's features and the ESU's second set of scores: ~10% of SIM's prediction time
+        (docs/performance.md). Training keeps the gather, whose gradient the stage-one loss needs anyway.
+        """
+        parts = [table.lookup(ids, source)
+                 for table, ids, source in zip(self.item_tables, features[keys.LONG_HISTORY], sources)]
+        mask = tf.cast(features[keys.LONG_MASK], tf.float32)
+        queries = tf.split(tf.cast(query, tf.float32), [p.shape[-1] for p in parts], axis=-1)
+        # Float32 scores, as AttentionPooling.scores computes them under a mixed policy.
+        scores = tf.add_n([tf.einsum("btd,bd->bt", tf.cast(p, tf.float32), q) for p, q in zip(parts, queries)])
+        ranked = tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
+        chosen = top_k_mask(ranked, min(self.config.top_k, parts[0].shape[1])) * mask
+        count = tf.reduce_sum(chosen, axis=-1, keepdims=True)
+        # Both pools as one [B, 2, T] x [B, T, D_i] matmul per feature, in the compute dtype as in training.
+        pools = tf.cast(tf.stack([masked_softmax(scores, chosen), chosen / tf.maximum(count, 1.0)], axis=1),
+                        parts[0].dtype)
+        pooled = tf.concat([tf.matmul(pools, p) for p in parts], axis=-1)
+        return pooled[:, 0], pooled[:, 1]
+
     def _long_soft_search(self, query, user, features, sources, training):
         """The soft search over a long history (thousands of behaviours), where the cost per behaviour rules.
 
@@ -384,6 +416,8 @@ class SIM(_DienBlock, CtrModel):
         stage_one = {}
         if self.config.gsu in ("eta", "sdim", "twin"):
             attended, mean = self._successor(query, features, sources)
+        elif self._predicts_by_mask(steps, training):
+            attended, mean = self._soft_search_prediction(query, features, sources)
         else:
             if self.config.gsu == "hard":
                 top_items = self.embed_items(long_ids, sources)
@@ -398,6 +432,21 @@ class SIM(_DienBlock, CtrModel):
         final, aux = self._dien(query, features, training, sources)
         logit = self.head(tf.concat([attended, mean, query, final, user], axis=-1), training=training)
         return self._with_prediction({"logit": logit, **stage_one, **aux})
+
+
+def top_k_mask(scores: tf.Tensor, k: int) -> tf.Tensor:
+    """[B, T] 1 at the ``k`` highest ``scores`` [B, T] of each row and 0 elsewhere, in the scores' dtype.
+
+    Ties at the k-th score go to the lower index, as in select_top_k's stable sort, so the ones mark
+    exactly the positions select_top_k gathers.
+    """
+    values, _ = tf.math.top_k(scores, k=k, sorted=False)
+    kth = tf.reduce_min(values, axis=-1, keepdims=True)
+    above = scores > kth
+    tied = tf.equal(scores, kth)
+    room = k - tf.reduce_sum(tf.cast(above, tf.int32), axis=-1, keepdims=True)
+    first_tied = tf.logical_and(tied, tf.cumsum(tf.cast(tied, tf.int32), axis=-1) <= room)
+    return tf.cast(tf.logical_or(above, first_tied), scores.dtype)
 
 
 def select_top_k(scores: tf.Tensor, values: tf.Tensor, mask: tf.Tensor, k: int,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sim_tf.data import inputs
 from sim_tf.models import losses, models
 
 
@@ -225,6 +226,38 @@ def test_select_top_k_matches_top_k_and_its_gradient_matches_tf_gather():
     assert fast_mask.shape == (4, 4) and order.shape == (4, 4)
     full, _ = models.select_top_k(scores, values, mask, 9)
     assert full.shape == (4, 9, 3)
+
+
+def test_top_k_mask_marks_the_positions_select_top_k_gathers():
+    rng = np.random.default_rng(5)
+    scores = tf.constant(rng.integers(0, 4, size=[50, 9]).astype("float32"))  # ties at the k-th score
+    scores = tf.where(tf.constant(rng.random([50, 9]) < 0.3), tf.float32.min, scores)  # padding
+    positions = tf.constant(np.tile(np.arange(9, dtype="float32")[None, :, None], [50, 1, 1]))
+    for k in (1, 4, 9):
+        chosen, _ = models.select_top_k(scores, positions, tf.ones([50, 9]), k)
+        want = np.zeros([50, 9], "float32")
+        np.put_along_axis(want, chosen.numpy()[:, :, 0].astype(int), 1.0, axis=1)
+        np.testing.assert_array_equal(models.top_k_mask(scores, k).numpy(), want)
+
+
+@pytest.mark.parametrize("policy,tolerance", [(None, 1e-5), ("mixed_bfloat16", 0.02)])
+def test_sims_prediction_by_mask_equals_gathering_the_chosen_behaviours(policy, tolerance, build, make_features,
+                                                                        model_config):
+    """Prediction pools the chosen behaviours under a mask (_soft_search_prediction); training's path
+    gathers them (select_top_k). Rows with ties, padding, an empty long history and fewer real behaviours
+    than k all give the same prediction both ways."""
+    features, _ = make_features(batch=8, long=12, short=5, lengths=[0, 3, 6, 17, 17, 12, 9, 14], seed=6)
+    # Repeated behaviours: equal keys, so equal scores at the k-th place.
+    repeated = tuple(tf.concat([ids[:, 6:], ids[:, 6:]], axis=1) for ids in features[inputs.LONG_HISTORY])
+    features = {**features, inputs.LONG_HISTORY: repeated, inputs.LONG_MASK: tf.cast(repeated[0] > 0, tf.float32)}
+    for top_k in (3, 5, 12):
+        model = build("sim", models.ModelConfig(**{**model_config.__dict__, "top_k": top_k}), policy=policy)
+        assert model._predicts_by_mask(12, training=False)
+        by_mask = model(features, training=False)["prediction"]
+        model._predicts_by_mask = lambda steps, training: False
+        gathered = model(features, training=False)["prediction"]
+        np.testing.assert_allclose(tf.cast(by_mask, tf.float32), tf.cast(gathered, tf.float32), rtol=tolerance,
+                                   atol=tolerance)
 
 
 def test_sims_long_history_search_equals_its_padded_format_search(build, make_features):
