@@ -255,9 +255,10 @@ class SIM(_DienBlock, CtrModel):
     """
 
     # Long histories up to this many positions take the soft search of the padded recipe format
-    # (_soft_search); longer ones the one built for thousands of behaviours (_long_soft_search). At
-    # T = 1,000 and B = 1,024 the sort-based selection alone costs 100 ms forward + backward, against 20 for
-    # embedding the chosen behaviours again (docs/performance.md).
+    # (_soft_search_by_mask, or _soft_search for DIN-style attention); longer ones the one built for
+    # thousands of behaviours (_long_soft_search), which pools only the k chosen ones. At T = 1,000 and
+    # B = 1,024 the sort-based selection alone costs 100 ms forward + backward, against 20 for embedding
+    # the chosen behaviours again (docs/performance.md).
     sort_select_max_steps = 128
     small_vocabulary_rows = 4096
 
@@ -300,8 +301,9 @@ class SIM(_DienBlock, CtrModel):
         return {"stage_one_logit": self.stage_one_head(tf.concat([query, pooled_long, user], axis=-1), training=training)}
 
     def _soft_search(self, query, user, features, sources, training):
-        """The soft search over a short long history: gathered from the embedded history by a sort (whose
-        backward is a gather, see select_top_k)."""
+        """The soft search over a short long history with DIN-style attention (whose ESU has weights of its
+        own): the chosen behaviours gathered from the embedded history by a sort (whose backward is a
+        gather, see select_top_k)."""
         long_history = self.embed_items(features[keys.LONG_HISTORY], sources)
         long_mask = tf.cast(features[keys.LONG_MASK], long_history.dtype)
         stage_one = {}
@@ -315,22 +317,24 @@ class SIM(_DienBlock, CtrModel):
         top_items, top_mask = select_top_k(scores, long_history, long_mask, k, differentiable=training)
         return top_items, top_mask, stage_one
 
-    def _predicts_by_mask(self, steps, training) -> bool:
-        """Whether prediction takes :meth:`_soft_search_prediction`: the soft search with dot attention
-        over a padded long history of at most ``sort_select_max_steps`` positions (the recipe's format)."""
-        return (not training and self.soft and self.config.attention == "dot" and steps is not None
-                and steps <= self.sort_select_max_steps)
+    def _searches_by_mask(self, steps) -> bool:
+        """Whether the soft search runs as :meth:`_soft_search_by_mask`: dot attention over a padded long
+        history of at most ``sort_select_max_steps`` positions (the recipe's format)."""
+        return self.soft and self.config.attention == "dot" and steps is not None and steps <= self.sort_select_max_steps
 
-    def _soft_search_prediction(self, query, features, sources):
-        """(ESU attention, mean of the chosen behaviours) of the soft search, for prediction.
+    def _soft_search_by_mask(self, query, user, features, sources, training):
+        """(ESU attention, mean of the chosen behaviours, stage-one outputs) of the soft search.
 
         The GSU and ESU attentions are both dot products of the same target with the same keys and have
         no weights, so the ESU's scores over the chosen behaviours are the GSU's. The top-k choice becomes a
-        mask over the long history (top_k_mask: the positions select_top_k gathers), and the attention pool
-        and the mean run over all T positions under it. Same numbers as gathering the k behaviours and
-        pooling them (up to float rounding), without the [B, k, D] gather, the concatenation of the long
-        history's features and the ESU's second set of scores: ~10% of SIM's prediction time
-        (docs/performance.md). Training keeps the gather, whose gradient the stage-one loss needs anyway.
+        mask over the long history (top_k_mask: the positions select_top_k gathers), and the pools run over
+        all T positions under it: the ESU's attention, the mean of the chosen behaviours and, when
+        training, the GSU's attention over every real behaviour for the stage-one head, as one
+        [B, pools, T] x [B, T, D_i] matmul per item feature in the compute dtype. The same function as
+        gathering the k chosen behaviours and attending over them (_soft_search), and the same gradient:
+        the gather's gradient puts each chosen behaviour's share back at its position, where the mask
+        leaves it. Without the sort, the [B, k, D] gather and its gradient, the concatenation of the long
+        history's features and the ESU's second set of scores (docs/performance.md).
         """
         parts = [table.lookup(ids, source)
                  for table, ids, source in zip(self.item_tables, features[keys.LONG_HISTORY], sources)]
@@ -341,11 +345,13 @@ class SIM(_DienBlock, CtrModel):
         ranked = tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
         chosen = top_k_mask(ranked, min(self.config.top_k, parts[0].shape[1])) * mask
         count = tf.reduce_sum(chosen, axis=-1, keepdims=True)
-        # Both pools as one [B, 2, T] x [B, T, D_i] matmul per feature, in the compute dtype as in training.
-        pools = tf.cast(tf.stack([masked_softmax(scores, chosen), chosen / tf.maximum(count, 1.0)], axis=1),
-                        parts[0].dtype)
+        weights = [masked_softmax(scores, chosen), chosen / tf.maximum(count, 1.0)]
+        if training:
+            weights.append(masked_softmax(scores, mask))
+        pools = tf.cast(tf.stack(weights, axis=1), parts[0].dtype)
         pooled = tf.concat([tf.matmul(pools, p) for p in parts], axis=-1)
-        return pooled[:, 0], pooled[:, 1]
+        stage_one = self._stage_one(query, pooled[:, 2], user, training) if training else {}
+        return pooled[:, 0], pooled[:, 1], stage_one
 
     def _long_soft_search(self, query, user, features, sources, training):
         """The soft search over a long history (thousands of behaviours), where the cost per behaviour rules.
@@ -416,8 +422,8 @@ class SIM(_DienBlock, CtrModel):
         stage_one = {}
         if self.config.gsu in ("eta", "sdim", "twin"):
             attended, mean = self._successor(query, features, sources)
-        elif self._predicts_by_mask(steps, training):
-            attended, mean = self._soft_search_prediction(query, features, sources)
+        elif self._searches_by_mask(steps):
+            attended, mean, stage_one = self._soft_search_by_mask(query, user, features, sources, training)
         else:
             if self.config.gsu == "hard":
                 top_items = self.embed_items(long_ids, sources)

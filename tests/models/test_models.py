@@ -241,23 +241,32 @@ def test_top_k_mask_marks_the_positions_select_top_k_gathers():
 
 
 @pytest.mark.parametrize("policy,tolerance", [(None, 1e-5), ("mixed_bfloat16", 0.02)])
-def test_sims_prediction_by_mask_equals_gathering_the_chosen_behaviours(policy, tolerance, build, make_features,
-                                                                        model_config):
-    """Prediction pools the chosen behaviours under a mask (_soft_search_prediction); training's path
-    gathers them (select_top_k). Rows with ties, padding, an empty long history and fewer real behaviours
-    than k all give the same prediction both ways."""
-    features, _ = make_features(batch=8, long=12, short=5, lengths=[0, 3, 6, 17, 17, 12, 9, 14], seed=6)
+def test_sims_search_by_mask_equals_gathering_the_chosen_behaviours(policy, tolerance, build, make_features,
+                                                                    model_config):
+    """SIM's soft search pools the chosen behaviours under a mask (_soft_search_by_mask); _soft_search
+    gathers them (select_top_k). With ties, padding, an empty long history and fewer real behaviours than
+    k, both give the same outputs, training and predicting, and the same gradients."""
+    features, labels = make_features(batch=8, long=12, short=5, lengths=[0, 3, 6, 17, 17, 12, 9, 14], seed=6)
     # Repeated behaviours: equal keys, so equal scores at the k-th place.
     repeated = tuple(tf.concat([ids[:, 6:], ids[:, 6:]], axis=1) for ids in features[inputs.LONG_HISTORY])
     features = {**features, inputs.LONG_HISTORY: repeated, inputs.LONG_MASK: tf.cast(repeated[0] > 0, tf.float32)}
+
+    def run(model):
+        with tf.GradientTape() as tape:
+            out = model(features, training=True)
+            loss = total_loss(out, labels)
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+        predicted = model(features, training=False)["prediction"]
+        return [tf.cast(t, tf.float32).numpy() for t in (out["logit"], out["stage_one_logit"], predicted, *grads)]
+
     for top_k in (3, 5, 12):
         model = build("sim", models.ModelConfig(**{**model_config.__dict__, "top_k": top_k}), policy=policy)
-        assert model._predicts_by_mask(12, training=False)
-        by_mask = model(features, training=False)["prediction"]
-        model._predicts_by_mask = lambda steps, training: False
-        gathered = model(features, training=False)["prediction"]
-        np.testing.assert_allclose(tf.cast(by_mask, tf.float32), tf.cast(gathered, tf.float32), rtol=tolerance,
-                                   atol=tolerance)
+        assert model._searches_by_mask(12)
+        by_mask = run(model)
+        model._searches_by_mask = lambda steps: False
+        gathered = run(model)
+        for got, want in zip(by_mask, gathered):
+            np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * max(1.0, np.abs(want).max()))
 
 
 def test_sims_long_history_search_equals_its_padded_format_search(build, make_features):
