@@ -69,17 +69,27 @@ def _clean_env():
     return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
 
-def test_every_command_help_lists_its_own_flags():
+# `sim-tf NAME --help`, then whether TensorFlow was imported (its last line on stderr).
+_HELP_PROBE = ("import sys\nfrom sim_tf import cli\ntry:\n    cli.main(['sim-tf', sys.argv[1], '--help'])\n"
+               "except SystemExit as e:\n    code = e.code\n"
+               "print('TensorFlow imported' if 'tensorflow' in sys.modules else 'no TensorFlow', file=sys.stderr)\n"
+               "sys.exit(code)")
+
+
+def test_every_command_help_lists_its_own_flags_without_importing_tensorflow():
+    """`--help` lists the command's flags and answers at once: no command's flags import TensorFlow,
+    which takes seconds to load."""
     from sim_tf import docs
     from sim_tf.cli import COMMANDS
 
     names = list(COMMANDS)
-    processes = {name: subprocess.Popen([sys.executable, "-m", "sim_tf", name, "--help"], stdout=subprocess.PIPE,
+    processes = {name: subprocess.Popen([sys.executable, "-c", _HELP_PROBE, name], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, env=_clean_env()) for name in names}
     outputs = {name: p.communicate(timeout=300) + (p.returncode,) for name, p in processes.items()}
     for name in names:
         stdout, stderr, code = outputs[name]
         assert code == 0, (name, stderr)
+        assert stderr.strip().endswith("no TensorFlow"), (name, stderr[-2000:])
         assert stdout.startswith(f"sim-tf {name}: "), name
         module = COMMANDS[name][0]
         owners = [docs.TRAINER_FLAGS] if module == "sim_tf.commands.train" else [module]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import flags
 
-from sim_tf.data import dataset as data
-from sim_tf.data import feature_spec as fs
+from sim_tf.data import feature_spec as fs  # TensorFlow-free: `--help` stays fast; the readers import it
+
+if TYPE_CHECKING:
+    from sim_tf.data import dataset as data
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset_dir", None, "Folder holding the FeatureSpec and the TFRecord files.")
@@ -24,6 +27,8 @@ flags.mark_flag_as_required("dataset_dir")
 
 
 def measure(spec: fs.FeatureSpec, mapping: str, batch_size: int, options: data.InputOptions, repeats: int) -> dict:
+    from sim_tf.data import dataset as data
+
     ds = data.make_dataset(spec, mapping, batch_size, options=options)
     rates = []
     for _ in range(repeats):
@@ -45,6 +50,8 @@ def measure(spec: fs.FeatureSpec, mapping: str, batch_size: int, options: data.I
 
 def main(argv):
     del argv
+    from sim_tf.data import dataset as data
+
     spec = fs.FeatureSpec.from_yaml(f"{FLAGS.dataset_dir.rstrip('/')}/{FLAGS.feature_spec}")
     options = data.InputOptions(long_seq_length=FLAGS.long_seq_length, cache=FLAGS.cache, seed=0)
     result = measure(spec, FLAGS.mapping, FLAGS.global_batch_size, options, FLAGS.repeats)

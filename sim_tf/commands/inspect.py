@@ -5,12 +5,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import tensorflow as tf
 from absl import flags
 
-from sim_tf.data import dataset as data
-from sim_tf.data import feature_spec as fs
-from sim_tf.data import inputs
+from sim_tf.data import feature_spec as fs  # TensorFlow-free: `--help` stays fast; the readers import it
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset_dir", None, "Folder holding the FeatureSpec and the TFRecord files.")
@@ -23,6 +20,9 @@ flags.mark_flag_as_required("dataset_dir")
 
 
 def describe(spec: fs.FeatureSpec, long_seq_length: int) -> list[str]:
+    from sim_tf.data import dataset as data
+    from sim_tf.data import inputs
+
     lines = [f"feature spec: {spec.base_directory}"]
     if spec.store is None:
         lines.append(f"history length L: {spec.history_length}")
@@ -64,6 +64,11 @@ def describe(spec: fs.FeatureSpec, long_seq_length: int) -> list[str]:
 
 
 def scan(spec: fs.FeatureSpec, mapping: str, long_seq_length: int) -> str:
+    import tensorflow as tf
+
+    from sim_tf.data import dataset as data
+    from sim_tf.data import inputs
+
     """Reads every record of ``mapping`` through the input pipeline (which checks every id against its
     cardinality and every shape against the spec) and compares the samples read with the declared count."""
     options = data.InputOptions(long_seq_length=long_seq_length, shuffle=False)

@@ -13,6 +13,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from sim_tf.models import ATTENTION_KINDS
+
 
 def check_positive_ints(name: str, values: int | Sequence[int]) -> tuple[int, ...]:
     """Every layer's argument check: ``values`` (one int or a sequence) as a tuple of positive ints, or a
@@ -219,7 +221,6 @@ class DinActivationUnit(keras.layers.Layer):
         return {**super().get_config(), "hidden_units": list(self.hidden_units)}
 
 
-ATTENTION_KINDS = ("dot", "din")
 
 
 @keras.saving.register_keras_serializable(package="sim_tf")

@@ -31,8 +31,8 @@ import keras
 import tensorflow as tf
 
 from sim_tf.layers.core import TableRows, check_positive_ints, masked_softmax
+from sim_tf.models import MAX_SDIM_BITS
 
-MAX_SDIM_BITS = 31  # rounds x bits: one feature's code is an int32
 AGE_BUCKETS = 24  # floor(log2(age)) buckets: ages up to 2**24 behaviours
 
 

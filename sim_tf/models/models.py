@@ -18,7 +18,6 @@ sizes, which :func:`build_model` takes from a FeatureSpec.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Sequence
 
 import keras
@@ -26,60 +25,13 @@ import tensorflow as tf
 
 from sim_tf.data import inputs as keys
 from sim_tf.data import feature_spec as fs
-from sim_tf.layers.core import (ATTENTION_KINDS, MLP, AttentionPooling, EmbeddingTable, TableRows,
+from sim_tf.layers.core import (MLP, AttentionPooling, EmbeddingTable, TableRows,
                                 masked_mean, masked_softmax)
 from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
-from sim_tf.layers.long_sequence import MAX_SDIM_BITS, EtaSearch, SdimSampler, TwinAttention, age_buckets
-from sim_tf.models import GSU_KINDS, MODEL_TYPES
+from sim_tf.layers.long_sequence import EtaSearch, SdimSampler, TwinAttention, age_buckets
+from sim_tf.models import MODEL_TYPES
+from sim_tf.models.config import ModelConfig
 
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    embedding_dim: int = 16
-    stage_one_mlp_dims: tuple[int, ...] = (200,)
-    stage_two_mlp_dims: tuple[int, ...] = (200, 80)
-    aux_mlp_dims: tuple[int, ...] = (100, 50)
-    dropout_rate: float = -1.0
-    top_k: int = 50
-    attention: str = "dot"
-    # SIM's search unit: "soft" (attention over the long history, then top-k), "hard" (the input
-    # pipeline already kept the target's category's behaviours; SIM attends over them directly), or one of
-    # its successors, "eta", "sdim", "twin" (sim_tf/layers/long_sequence.py).
-    gsu: str = "soft"
-    hash_bits: int = 32  # ETA's SimHash signature
-    sdim_rounds: int = 4  # SDIM's hash functions ...
-    sdim_bits: int = 3  # ... and hyperplanes per function and item feature
-    twin_heads: int = 4  # TWIN's attention heads (each of embedding_dim width)
-
-    def __post_init__(self):
-        for name in ("stage_one_mlp_dims", "stage_two_mlp_dims", "aux_mlp_dims"):
-            value = tuple(getattr(self, name))
-            object.__setattr__(self, name, value)
-            if not value or not all(isinstance(v, int) and v > 0 for v in value):
-                raise ValueError(f"{name} must be a non-empty list of positive integers, got {value!r}")
-        if not isinstance(self.embedding_dim, int) or self.embedding_dim <= 0:
-            raise ValueError(f"embedding_dim must be a positive integer, got {self.embedding_dim!r}")
-        if not isinstance(self.top_k, int) or self.top_k <= 0:
-            raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
-        if not (self.dropout_rate < 1.0 and math.isfinite(self.dropout_rate)):
-            raise ValueError(f"dropout_rate must be a finite number < 1 (-1 disables dropout), got {self.dropout_rate}")
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
-        if self.gsu not in GSU_KINDS:
-            raise ValueError(f"gsu must be one of {GSU_KINDS}, got {self.gsu!r}")
-        for name in ("hash_bits", "sdim_rounds", "sdim_bits", "twin_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.hash_bits > 62:
-            raise ValueError(f"hash_bits must be at most 62, got {self.hash_bits}")
-        if self.sdim_rounds * self.sdim_bits > MAX_SDIM_BITS:
-            raise ValueError(f"sdim_rounds x --sdim_bits must be at most {MAX_SDIM_BITS} (one item feature's SDIM code "
-                             f"is an int32), got {self.sdim_rounds} x {self.sdim_bits}")
-
-    @property
-    def gru_units(self) -> int:
-        return 6 * self.embedding_dim
 
 
 class CtrModel(keras.Model):

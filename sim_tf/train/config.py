@@ -10,8 +10,10 @@ from typing import Any
 
 from sim_tf.distribute import STRATEGIES
 from sim_tf.errors import UserError
-from sim_tf.models.models import MODEL_TYPES, ModelConfig
-from sim_tf.train.optimizers import OPTIMIZERS
+from sim_tf.models import MODEL_TYPES
+from sim_tf.models.config import ModelConfig
+
+OPTIMIZERS = ("adam", "lazy_adam", "sgd", "adagrad")  # built by sim_tf.train.optimizers.make_optimizer
 
 MODES = ("train", "evaluate", "inference")
 MAX_SHUFFLE_BUFFER = 10_000_000  # records held in memory; TensorFlow crashes allocating far larger buffers

@@ -14,11 +14,9 @@ from absl import flags
 
 from sim_tf.distribute import STRATEGIES
 from sim_tf.errors import UserError
-from sim_tf.layers.core import ATTENTION_KINDS
-from sim_tf.models import GSU_KINDS
-from sim_tf.models.models import MODEL_TYPES, ModelConfig
-from sim_tf.train.config import AMP_DTYPES, MODES, TrainConfig
-from sim_tf.train.optimizers import OPTIMIZERS
+from sim_tf.models import ATTENTION_KINDS, GSU_KINDS, MODEL_TYPES
+from sim_tf.models.config import ModelConfig
+from sim_tf.train.config import AMP_DTYPES, MODES, OPTIMIZERS, TrainConfig
 
 FLAGS = flags.FLAGS
 

@@ -22,9 +22,9 @@ import keras
 import tensorflow as tf
 
 from sim_tf.distribute import ROW_SUM_KERNELS
+from sim_tf.train.config import OPTIMIZERS
 
 
-OPTIMIZERS = ("adam", "lazy_adam", "sgd", "adagrad")
 
 
 # How sum_rows adds rows: "sparse_matmul" (CPUs) or "segment_sum" (GPUs); set per run from the devices
