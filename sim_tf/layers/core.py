@@ -273,6 +273,16 @@ class AttentionPooling(keras.layers.Layer):
         ranked = tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
         return pooled, ranked
 
+    def part_scores(self, query, parts):
+        """Float32 scores [B, T] (kind ``dot`` only) of keys given as feature parts (see :meth:`call_parts`):
+        the sum of each part's dot products with the matching slice of ``query``."""
+        if self.unit is not None:
+            raise ValueError("scores over parts support kind='dot' only")
+        widths = [p.width if isinstance(p, TableRows) else p.shape[-1] for p in parts]
+        queries = tf.split(_float32(query), widths, axis=-1)
+        return tf.add_n([p.scores(q) if isinstance(p, TableRows) else tf.einsum("btd,bd->bt", _float32(p), q)
+                         for p, q in zip(parts, queries)])
+
     def call_parts(self, query, parts, mask):
         """:meth:`call` (kind ``dot`` only) for keys given as feature parts, without concatenating them.
 
@@ -281,12 +291,7 @@ class AttentionPooling(keras.layers.Layer):
         dot products with the matching slices of ``query``, and the pooled vector the concatenation of the
         parts' pools: the same numbers as :meth:`call` on the concatenated keys, up to float rounding.
         """
-        if self.unit is not None:
-            raise ValueError("call_parts supports kind='dot' only")
-        widths = [p.width if isinstance(p, TableRows) else p.shape[-1] for p in parts]
-        queries = tf.split(_float32(query), widths, axis=-1)
-        scores = tf.add_n([p.scores(q) if isinstance(p, TableRows) else tf.einsum("btd,bd->bt", _float32(p), q)
-                           for p, q in zip(parts, queries)])
+        scores = self.part_scores(query, parts)
         mask = tf.cast(mask, scores.dtype)
         weights = masked_softmax(scores, mask)
         low = tf.cast(weights, query.dtype)

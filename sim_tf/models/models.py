@@ -291,9 +291,7 @@ class SIM(_DienBlock, CtrModel):
         parts = [table.lookup(ids, source)
                  for table, ids, source in zip(self.item_tables, features[keys.LONG_HISTORY], sources)]
         mask = tf.cast(features[keys.LONG_MASK], tf.float32)
-        queries = tf.split(tf.cast(query, tf.float32), [p.shape[-1] for p in parts], axis=-1)
-        # Float32 scores, as AttentionPooling.scores computes them under a mixed policy.
-        scores = tf.add_n([tf.einsum("btd,bd->bt", tf.cast(p, tf.float32), q) for p, q in zip(parts, queries)])
+        scores = self.gsu_attention.part_scores(query, parts)  # float32 under a mixed policy too
         ranked = tf.where(mask > 0, scores, tf.constant(scores.dtype.min, scores.dtype))
         chosen = top_k_mask(ranked, min(self.config.top_k, parts[0].shape[1])) * mask
         count = tf.reduce_sum(chosen, axis=-1, keepdims=True)
