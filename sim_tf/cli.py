@@ -41,6 +41,9 @@ COMMANDS = {
 }
 
 HELP_FLAGS = ("-h", "--help", "-help", "-?", "--helpshort")
+# Commands that never need TensorFlow, so never pay its seconds of start-up: `launch` must stay
+# single-threaded until it has entered its private network; `preprocess` is pandas/pyarrow/Dask work.
+WITHOUT_TENSORFLOW = ("launch", "preprocess")
 TF_LOG_FLAG = "--tf_log_level"
 
 
@@ -157,10 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"sim-tf: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    # `launch` never needs TensorFlow, and must stay single-threaded until it has entered its private network.
     # `--help` imports only what the command's flags need (importing TensorFlow takes seconds).
     helping = any(arg in HELP_FLAGS for arg in argv[2:])
-    quiet_tensorflow_import(level, import_now=name != "launch" and not helping)
+    quiet_tensorflow_import(level, import_now=name not in WITHOUT_TENSORFLOW and not helping)
     module_name, kwargs, _ = COMMANDS[name]
     # A command whose flags live beside TensorFlow code imports it here: without its start-up lines.
     with _quiet_stderr(enabled=helping and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") >= "2"):

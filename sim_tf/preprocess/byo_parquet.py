@@ -27,12 +27,12 @@ def arrow_table(columns: dict[str, np.ndarray]):
     return pa.Table.from_arrays(arrays, names=list(columns))
 
 
-def write_row_groups(path: str, tables: Iterable) -> None:
+def write_row_groups(path: str, tables: Iterable) -> int:
     """Writes ``tables`` (arrow tables of one schema) to ``path`` as successive row groups, so memory is
-    one table's; nothing is written when there are none."""
+    one table's; nothing is written when there are none. Returns the rows written."""
     import pyarrow.parquet as pq
 
-    writer = None
+    writer, rows = None, 0
     try:
         for table in tables:
             if writer is None:
@@ -40,6 +40,8 @@ def write_row_groups(path: str, tables: Iterable) -> None:
                 writer = pq.ParquetWriter(path, table.schema, use_dictionary=False, compression="snappy",
                                           write_statistics=False)
             writer.write_table(table)
+            rows += table.num_rows
     finally:
         if writer is not None:
             writer.close()
+    return rows

@@ -428,44 +428,138 @@ def build_samples(user, times, item, label, config: EventsConfig) -> dict:
     eligible = history_count >= config.min_history
     return {"user": user, "rank": rank, "item": item, "label": label, "test": is_test, "eligible": eligible,
             "end": before, "user_first_positive": np.repeat(before[starts], lengths) if n else before,
-            "positive_items": item[positive].astype(np.int32)}
+            # L zeros, then the positives: row j of its length-L sliding windows is the L positives before j.
+            "padded_positive_items": np.concatenate([np.zeros(config.history_length, np.int32),
+                                                     item[positive].astype(np.int32)])}
 
 
-def materialize(samples: dict, rows: np.ndarray, negative: np.ndarray, vocab: Vocabulary, config: EventsConfig,
-                popularity: Popularity) -> dict:
-    """The output columns of samples ``rows``; ``negative`` marks the rows that are a positive's negative
-    twin (same user and history, a popularity-drawn target, label 0)."""
+def _mix_in_place(x: np.ndarray) -> np.ndarray:
+    """:func:`_mix` on a uint64 array, overwriting it: one scratch array instead of ten temporaries, for
+    the millions of negative-history draws of a row group."""
+    shifted = np.empty_like(x)
+    for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        np.right_shift(x, np.uint64(shift), out=shifted)
+        x ^= shifted
+        x *= np.uint64(factor)
+    np.right_shift(x, np.uint64(31), out=shifted)
+    x ^= shifted
+    return x
+
+
+def _row_keys(seed: int, users: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """The (seed, user, rank) part of :func:`draw_bits`, once per row: draw_bits(seed, u, r, s) ==
+    _mix(_row_keys(seed, u, r) + (s + 1) * golden)."""
+    with np.errstate(over="ignore"):
+        return _mix(np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15) * users.astype(np.uint64)) \
+            ^ (ranks.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
+
+
+class Buffers:
+    """Arrays reused from one row group to the next. A row group's columns are hundreds of MB; fresh
+    allocations that size are new pages every time, and page faults then cost as much as filling them
+    (Dask's workers set MALLOC_TRIM_THRESHOLD_, which makes glibc hand every freed block back at once)."""
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        size = int(np.prod(shape))
+        array = self._arrays.get(name)
+        if array is None or array.size < size or array.dtype != dtype:
+            array = self._arrays[name] = np.empty(max(size, 1), dtype)
+        return array[:size].reshape(shape)
+
+
+def history_columns(samples: dict, rows: np.ndarray, vocab: Vocabulary, config: EventsConfig,
+                    popularity: Popularity, buffers: Buffers) -> dict:
+    """The [len(rows), L] history columns of samples ``rows`` (item_sequence, {f}_sequence,
+    neg_item_sequence, neg_{f}_sequence), left-padded with 0, in ``buffers``.
+
+    A history is the window of the part's positive events that ends just before the sample, cut at the
+    user's first positive: a row of a sliding-window view over the padded positives, then masked. Negative
+    histories get one popularity draw per real position, draw_bits(seed, user, rank, slot + 1) at slot
+    ``slot``, computed only at those positions."""
     length = config.history_length
-    end = samples["end"][rows]
-    positions = end[:, None] - length + np.arange(length, dtype=end.dtype)[None, :]
-    valid = positions >= samples["user_first_positive"][rows][:, None]
-    at, slot = np.nonzero(valid)  # the real history positions, for the ids and the negatives' draws
-    items = np.zeros(positions.shape, np.int32)
-    items[at, slot] = samples["positive_items"][positions[at, slot]]
-    users, ranks = samples["user"][rows], samples["rank"][rows]
-    # Draws only where the history is real (slot 1 + position); slot 0 is the negative twin's target.
-    negatives = np.zeros(positions.shape, np.int32)
-    negatives[at, slot] = popularity.draw(draw_bits(config.seed, users[at], ranks[at], slot + 1))
+    shape = (rows.size, length)
+    end, first = samples["end"][rows], samples["user_first_positive"][rows]
+    real = np.minimum(end - first, length)  # real positions, at the right end of the window
+    windows = np.lib.stride_tricks.sliding_window_view(samples["padded_positive_items"], length)
+    items = windows[end]  # (np.take from a strided view is ~20x slower than this copy)
+    # padded[end : end + L] is the L positives before index ``end``; zero the ones of earlier users.
+    pad = np.greater_equal(np.arange(length)[None, :], (length - real)[:, None], out=buffers.get("pad", shape, bool))
+    items *= pad
+    total = int(real.sum())
+    # Flat index of every real position: row r holds flat r * L + L - real[r] ... (r + 1) * L - 1.
+    offsets = np.cumsum(real) - real
+    flat = np.arange(total, dtype=np.int64) + np.repeat((np.arange(1, rows.size + 1) * length - real) - offsets, real)
+    slot = flat % length
+    with np.errstate(over="ignore"):
+        bits = np.repeat(_row_keys(config.seed, samples["user"][rows], samples["rank"][rows]), real)
+        bits += (slot.astype(np.uint64) + np.uint64(2)) * np.uint64(0x9E3779B97F4A7C15)
+    negatives = buffers.get("neg_item_sequence", shape, np.int32)
+    negatives.fill(0)
+    negatives.reshape(-1)[flat] = popularity.draw(_mix_in_place(bits))
+    columns = {"item_sequence": items}
+    for f in config.features:
+        columns[f"{f}_sequence"] = np.take(vocab.item_features[f], items, mode="clip",
+                                           out=buffers.get(f"{f}_sequence", shape, np.int32))
+    columns["neg_item_sequence"] = negatives
+    for f in config.features:
+        columns[f"neg_{f}_sequence"] = np.take(vocab.item_features[f], negatives, mode="clip",
+                                               out=buffers.get(f"neg_{f}_sequence", shape, np.int32))
+    return columns
+
+
+def sample_groups(samples: dict, split: str, config: EventsConfig, part: int, rows_per_group: int):
+    """A split's output rows, a row group at a time: (source sample rows, per output row its source's index
+    there, negative-twin flags).
+
+    Without labels each positive is followed by its negative twin, which shares the positive's user and
+    histories, so a group draws the histories of rows_per_group / 2 positives once and writes each twice.
+    Train groups take the positives in a seeded random order, then shuffle their own rows (seed, part,
+    group); test rows stay in order, each positive before its twin."""
+    chosen = samples["eligible"] & (samples["test"] if split == "test" else ~samples["test"])
+    paired = not config.label_col
+    rows = np.flatnonzero(chosen & (samples["label"] == 1) if paired else chosen)
+    if split == "train":
+        rows = rows[np.random.default_rng([config.seed, part]).permutation(rows.size)]
+    step = max(1, rows_per_group // 2) if paired else rows_per_group
+    for group, start in enumerate(range(0, rows.size, step)):
+        source = rows[start:start + step]
+        if paired:
+            index, negative = np.repeat(np.arange(source.size), 2), np.tile([False, True], source.size)
+        else:
+            index, negative = np.arange(source.size), np.zeros(source.size, bool)
+        if split == "train":
+            order = np.random.default_rng([config.seed, part, group]).permutation(index.size)
+            index, negative = index[order], negative[order]
+        yield source, index, negative
+
+
+def group_table(samples: dict, source: np.ndarray, index: np.ndarray, negative: np.ndarray, vocab: Vocabulary,
+                config: EventsConfig, popularity: Popularity, buffers: Buffers) -> dict:
+    """The output columns of one row group (see :func:`sample_groups`), valid until ``buffers`` is used
+    again: a twin's target is a popularity draw at slot 0 and its label is 0."""
+    rows = source[index]
     target = samples["item"][rows]
     if negative.any():
         twin = np.flatnonzero(negative)
-        target = target.copy()
-        target[twin] = popularity.draw(draw_bits(config.seed, users[twin], ranks[twin], 0))
-    label = np.where(negative, 0, samples["label"][rows])
-    columns = {"label": label, "uid": samples["user"][rows], "item": target}
+        target[twin] = popularity.draw(draw_bits(config.seed, samples["user"][rows[twin]], samples["rank"][rows[twin]], 0))
+    columns = {"label": np.where(negative, 0, samples["label"][rows]), "uid": samples["user"][rows], "item": target}
     for f in config.features:
         columns[f] = vocab.item_features[f][target]
-    columns["item_sequence"] = items
-    for f in config.features:
-        columns[f"{f}_sequence"] = vocab.item_features[f][items]
-    columns["neg_item_sequence"] = negatives
-    for f in config.features:
-        columns[f"neg_{f}_sequence"] = vocab.item_features[f][negatives]
+    histories = history_columns(samples, source, vocab, config, popularity, buffers)
+    shared = index.size != source.size or (index != np.arange(index.size)).any()
+    for name, values in histories.items():
+        # mode="clip": the indices are in range, and np.take buffers ``out`` in its default mode.
+        columns[name] = np.take(values, index, axis=0, mode="clip",
+                                out=buffers.get(f"out:{name}", (index.size, values.shape[1]), np.int32)) if shared else values
     return columns
 
 
 def chosen_rows(samples: dict, split: str, config: EventsConfig, part: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sample rows, negative-twin flags) of a split, train rows in a seeded random order."""
+    """(sample rows, negative-twin flags) of a split for the behaviour store, train rows in a seeded random
+    order."""
     chosen = samples["eligible"] & (samples["test"] if split == "test" else ~samples["test"])
     if config.label_col:
         rows = np.flatnonzero(chosen)
@@ -484,17 +578,13 @@ def write_samples(path: str, part: int, output: str, vocab: Vocabulary, config: 
     """Pass 3 for one part (BYO parquet): its train and test files, a row group at a time (memory is one
     group's histories); returns row counts."""
     samples = build_samples(*sequences(path, part, output, vocab, config), config)
-    popularity = vocab.sampler
+    popularity, buffers = vocab.sampler, Buffers()
     counts = {"train": 0, "test": 0}
     for split in ("train", "test"):
-        rows, negative = chosen_rows(samples, split, config, part)
-        if rows.size == 0:
-            continue
-        write_row_groups(os.path.join(output, split, f"part.{part}.parquet"),
-                         (arrow_table(materialize(samples, rows[i:i + rows_per_group], negative[i:i + rows_per_group],
-                                                  vocab, config, popularity))
-                          for i in range(0, rows.size, rows_per_group)))
-        counts[split] = int(rows.size)
+        # Each table is written before the next group refills the buffers its arrays view.
+        tables = (arrow_table(group_table(samples, *group, vocab, config, popularity, buffers))
+                  for group in sample_groups(samples, split, config, part, rows_per_group))
+        counts[split] = write_row_groups(os.path.join(output, split, f"part.{part}.parquet"), tables)
     return counts
 
 

@@ -2,6 +2,7 @@
 Dask cluster over TCP on loopback), the store format and every bad input."""
 
 import filecmp
+import functools
 import json
 import os
 
@@ -145,6 +146,44 @@ def test_one_process_and_a_two_worker_cluster_write_the_same_bytes(tmp_path):
     assert len(files) == (2 + 4) + 1 + 4 + 4  # item and category mappings, user mapping parts, metadata, splits
     match, mismatch, errors = filecmp.cmpfiles(single, cluster, files, shallow=False)
     assert (mismatch, errors) == ([], [])
+
+
+def test_rows_do_not_depend_on_the_row_group_size(tmp_path, monkeypatch):
+    """A row group draws its positives' histories once and writes each positive with its negative twin;
+    with 1-positive groups (and 3-row groups with explicit labels) the same rows come out."""
+    write_events_log(str(tmp_path / "log"), 3_000, 60, 50, 5, seed=4, files=1)
+    write_events_log(str(tmp_path / "labelled"), 3_000, 60, 50, 5, seed=4, files=1, labels=True)
+    whole = functools.partial(events.write_samples, rows_per_group=65536)
+    for log, tiny, overrides in (("log", 2, {}), ("labelled", 3, {"label_col": "clicked"})):
+        outputs = []
+        for group in (whole, functools.partial(events.write_samples, rows_per_group=tiny)):
+            monkeypatch.setattr(events, "write_samples", group)
+            outputs.append(str(tmp_path / f"{log}-{len(outputs)}"))
+            run(str(tmp_path / log), outputs[-1], history_length=6, **overrides)
+        for split in ("train", "test"):
+            big, small = rows_of(outputs[0], split)[0], rows_of(outputs[1], split)[0]
+            assert len(big) >= 60 and sorted(big) == sorted(small), (log, split)
+    # Twins stay in their positive's group: in 2-row groups every group is a positive and its twin.
+    train = pq.read_table(os.path.join(str(tmp_path / "log-1"), "train")).to_pandas()
+    pairs = train.groupby(np.arange(len(train)) // 2)
+    assert (pairs["label"].sum() == 1).all() and (pairs["uid"].nunique() == 1).all()
+
+
+def test_preprocess_never_imports_tensorflow(tmp_path):
+    """`sim-tf preprocess` is pandas/pyarrow/Dask work: TensorFlow's seconds of start-up are not paid."""
+    import subprocess
+    import sys
+
+    log = write_log(str(tmp_path / "log"), HAND_LOG)
+    probe = ("import sys\nfrom sim_tf import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    code = e.code\nprint('TensorFlow imported' if 'tensorflow' in sys.modules else 'no TensorFlow', "
+             "file=sys.stderr)\nsys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", probe, "sim-tf", "preprocess", "events", "--input", log, "--output",
+                             str(tmp_path / "out"), "--item_feature_cols", "category", "--workers", "0",
+                             "--history_length", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().endswith("no TensorFlow"), result.stderr
+    assert os.path.exists(tmp_path / "out" / "metadata.json")
 
 
 def test_store_format_loads_as_a_behaviour_store(tmp_path):
