@@ -631,11 +631,19 @@ class Engine:
                                 f"is running") from None
             log(f"running on the Dask cluster at {scheduler} (dashboard: {self.client.dashboard_link})")
         elif workers > 0:
+            import dask
             from distributed import Client, LocalCluster
 
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        memory_limit=memory_limit, host="127.0.0.1",
-                                        dashboard_address="127.0.0.1:0", silence_logs=40)
+            # Dask starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB, which also fixes glibc's mmap
+            # threshold at 128 KiB: every array of a row group is then fresh pages, and faulting them in
+            # costs ~10% of the samples pass. Arrays up to 32 MiB come from the heap here, and up to
+            # 128 MiB of it stays with the worker between groups.
+            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+                       "MALLOC_TRIM_THRESHOLD_": 128 * 2**20, "MALLOC_MMAP_THRESHOLD_": 32 * 2**20}
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            memory_limit=memory_limit, host="127.0.0.1",
+                                            dashboard_address="127.0.0.1:0", silence_logs=40)
             self.client = Client(self.cluster)
             log(f"running on a local Dask cluster: {workers} worker process(es), memory limit "
                 f"{_limit_text(self.cluster)} each (dashboard: {self.client.dashboard_link})")
