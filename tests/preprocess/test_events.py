@@ -163,10 +163,15 @@ def test_rows_do_not_depend_on_the_row_group_size(tmp_path, monkeypatch):
         for split in ("train", "test"):
             big, small = rows_of(outputs[0], split)[0], rows_of(outputs[1], split)[0]
             assert len(big) >= 60 and sorted(big) == sorted(small), (log, split)
-    # Twins stay in their positive's group: in 2-row groups every group is a positive and its twin.
-    train = pq.read_table(os.path.join(str(tmp_path / "log-1"), "train")).to_pandas()
-    pairs = train.groupby(np.arange(len(train)) // 2)
-    assert (pairs["label"].sum() == 1).all() and (pairs["uid"].nunique() == 1).all()
+    # Train rows are (positive, negative twin) pairs: same user and histories, labels 1 then 0; the pairs'
+    # order is random (not sorted by user).
+    for output in ("log-0", "log-1"):
+        train = pq.read_table(os.path.join(str(tmp_path / output), "train")).to_pandas()
+        first, second = train.iloc[0::2].reset_index(drop=True), train.iloc[1::2].reset_index(drop=True)
+        assert (first["label"] == 1).all() and (second["label"] == 0).all()
+        assert (first["uid"] == second["uid"]).all()
+        assert all((a == b).all() for a, b in zip(first["item_sequence"], second["item_sequence"]))
+        assert not (np.diff(first["uid"].to_numpy()) >= 0).all()
 
 
 def test_preprocess_never_imports_tensorflow(tmp_path):
