@@ -4,12 +4,14 @@
   behaviour-store TFRecord dataset (every review once, samples by reference).
 * ``events``: an interaction log (parquet or CSV: user, item, item features, time, optional label; local
   or any fsspec URL) -> the same two formats, on Dask: a local cluster by default, an existing one with
-  --scheduler (sim_tf/preprocess/events.py, docs/preprocessing.md).
+  --scheduler (sim_tf/preprocess/events.py, docs/preprocessing.md). ``amazon --dask`` reads the 2014
+  files into that pipeline.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 from absl import flags
@@ -35,12 +37,12 @@ flags.DEFINE_string("label_col", None, "events: an explicit 0/1 label column (im
 flags.DEFINE_integer("min_events", 3, "events: drop users with fewer events than this.", lower_bound=1)
 flags.DEFINE_string("test_split", "last", "events: `last` (each user's last event is its test sample) or "
                     "`time:T` (every event at or after T, an integer time or an ISO date/time).")
-flags.DEFINE_integer("partitions", 0, "events: user parts (output files per split); 0 takes the input's number "
-                     "of chunks. The same value gives the same output on any engine.", lower_bound=0)
-flags.DEFINE_string("scheduler", None, "events: address of an existing Dask scheduler (tcp://HOST:8786); the "
-                    "output folder must be on storage its workers share.")
-flags.DEFINE_string("memory_limit", "auto", "events: memory limit per local Dask worker (e.g. 4GiB; auto shares "
-                    "the machine's memory); above it a worker spills to disk.")
+flags.DEFINE_integer("partitions", 0, "events and amazon --dask: user parts (output files per split); 0 takes the "
+                     "input's number of chunks. The same value gives the same output on any engine.", lower_bound=0)
+flags.DEFINE_string("scheduler", None, "events and amazon --dask: address of an existing Dask scheduler "
+                    "(tcp://HOST:8786); the output folder must be on storage its workers share.")
+flags.DEFINE_string("memory_limit", "auto", "events and amazon --dask: memory limit per local Dask worker (e.g. "
+                    "4GiB; auto shares the machine's memory); above it a worker spills to disk.")
 flags.DEFINE_string("output", None, "Folder for metadata.json, train/ and test/ parquet parts (--format parquet), or "
                     "for feature_spec.yaml, behaviors.npz and the TFRecord samples (--format store).")
 flags.DEFINE_enum("format", "parquet", ["parquet", "store", "events"], "parquet: the recipe's BYO layout, padded "
@@ -54,9 +56,12 @@ flags.DEFINE_integer("min_history", 1, "Behaviours a sample needs before its tar
 flags.DEFINE_integer("train_parts", 8, "amazon: parquet parts for the training rows (rows are shuffled across them).")
 flags.DEFINE_integer("test_parts", 1, "amazon: parquet parts for the test rows.")
 flags.DEFINE_integer("seed", 0, "Seed for negatives and shuffling; the same seed gives the same output.")
-flags.DEFINE_integer("workers", None, "amazon: processes writing the parquet parts (default 2 at most); events: "
-                     "local Dask worker processes, one thread each (default: one per core; 0: everything in this "
-                     "process).", lower_bound=0)
+flags.DEFINE_integer("workers", None, "amazon: processes reading the files and writing the parquet parts (default "
+                     "2 at most); events and amazon --dask: local Dask worker processes, one thread each (default: "
+                     "one per core; 0: everything in this process).", lower_bound=0)
+flags.DEFINE_boolean("dask", False, "amazon: read the 2014 files here, then make the samples with the interaction-log "
+                     "pipeline on Dask, as `preprocess events` does (a local cluster, --workers, --scheduler, "
+                     "--partitions): ids in sorted raw order, mappings in OUTPUT/mapping/ (docs/preprocessing.md).")
 flags.DEFINE_boolean("strict", False, "amazon: stop at the first malformed input line instead of skipping it.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output.")
 
@@ -82,6 +87,11 @@ def run_amazon():
         workers=max(1, FLAGS.workers if FLAGS.workers is not None else min(2, os.cpu_count() or 1)),
     )
     started = time.perf_counter()
+    if FLAGS.dask:
+        if FLAGS.format == "events":
+            raise UserError("--dask makes samples from the reviews; --format events writes only the log")
+        _amazon_on_dask(config, started)
+        return
     if FLAGS.format == "events":
         with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
             counts = amazon.write_events(FLAGS.reviews, FLAGS.meta, staging, config)
@@ -101,19 +111,48 @@ def run_amazon():
           f"in {FLAGS.output}")
 
 
-def run_events():
-    _required("input", "output")
-    if FLAGS.format == "events":
-        raise UserError("--format events is what `preprocess amazon` writes for this command; here pick parquet "
-                        "or store")
+def _amazon_on_dask(config, started: float) -> None:
+    """`preprocess amazon --dask`: the reviews as an interaction log inside the staging folder, then the
+    events pipeline on it (users with fewer than --min_reviews reviews dropped there), then the log removed."""
+    events = _events_module("preprocess amazon --dask")
+    events_config = events.EventsConfig(
+        user_col="user", item_col="item", item_feature_cols=("cat",), time_col="time",
+        history_length=_recent_history(), min_events=FLAGS.min_reviews, min_history=FLAGS.min_history,
+        partitions=FLAGS.partitions, seed=FLAGS.seed, fmt=FLAGS.format)
+    with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
+        log_dir = os.path.join(staging, ".reviews-log")
+        read = amazon.write_events(FLAGS.reviews, FLAGS.meta, log_dir, config)
+        with _engine(events) as engine:
+            counts = events.preprocess_events(log_dir, staging, events_config, engine)
+        shutil.rmtree(log_dir)
+    elapsed = time.perf_counter() - started
+    print(f"preprocessed {read['reviews_read']:,} review lines in {elapsed:.1f}s on Dask: {counts['users']:,} users, "
+          f"{counts['items']:,} items, {counts['train']:,} train and {counts['test']:,} test rows in {FLAGS.output}")
+
+
+def _events_module(command: str):
     try:
         import dask.dataframe  # noqa: F401
         import distributed  # noqa: F401
 
         from sim_tf.preprocess import events
     except ImportError as e:
-        raise UserError(f"`sim-tf preprocess events` needs Dask ({e.name} is not installed): "
+        raise UserError(f"`sim-tf {command}` needs Dask ({e.name} is not installed): "
                         f"pip install 'sim-tf[preprocess]'") from None
+    return events
+
+
+def _engine(events):
+    workers = FLAGS.workers if FLAGS.workers is not None else (os.cpu_count() or 1)
+    return events.Engine(FLAGS.scheduler, workers, FLAGS.memory_limit)
+
+
+def run_events():
+    _required("input", "output")
+    if FLAGS.format == "events":
+        raise UserError("--format events is what `preprocess amazon` writes for this command; here pick parquet "
+                        "or store")
+    events = _events_module("preprocess events")
     config = events.EventsConfig(
         user_col=FLAGS.user_col, item_col=FLAGS.item_col, item_feature_cols=tuple(FLAGS.item_feature_cols),
         time_col=FLAGS.time_col, label_col=FLAGS.label_col, history_length=_recent_history(),
@@ -126,8 +165,7 @@ def run_events():
               f"own machines, so it must be on storage they share")
     started = time.perf_counter()  # the rate below counts the cluster's start and stop too
     with atomic_directory(FLAGS.output, FLAGS.overwrite) as staging:
-        workers = FLAGS.workers if FLAGS.workers is not None else (os.cpu_count() or 1)
-        with events.Engine(FLAGS.scheduler, workers, FLAGS.memory_limit) as engine:
+        with _engine(events) as engine:
             counts = events.preprocess_events(FLAGS.input, staging, config, engine)
     elapsed = time.perf_counter() - started
     print(f"preprocessed {counts['events']:,} events in {elapsed:.1f}s "

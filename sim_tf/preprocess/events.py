@@ -547,7 +547,9 @@ def group_table(samples: dict, source: np.ndarray, index: np.ndarray, negative: 
     target = samples["item"][rows]
     if negative.any():
         twin = np.flatnonzero(negative)
-        target[twin] = popularity.draw(draw_bits(config.seed, samples["user"][rows[twin]], samples["rank"][rows[twin]], 0))
+        twin_rows = rows[twin]
+        bits = draw_bits(config.seed, samples["user"][twin_rows], samples["rank"][twin_rows], 0)
+        target[twin] = popularity.draw(bits)
     columns = {"label": np.where(negative, 0, samples["label"][rows]), "uid": samples["user"][rows], "item": target}
     for f in config.features:
         columns[f] = vocab.item_features[f][target]
@@ -555,8 +557,8 @@ def group_table(samples: dict, source: np.ndarray, index: np.ndarray, negative: 
     shared = index.size != source.size or (index != np.arange(index.size)).any()
     for name, values in histories.items():
         # mode="clip": the indices are in range, and np.take buffers ``out`` in its default mode.
-        columns[name] = np.take(values, index, axis=0, mode="clip",
-                                out=buffers.get(f"out:{name}", (index.size, values.shape[1]), np.int32)) if shared else values
+        out = buffers.get(f"out:{name}", (index.size, values.shape[1]), np.int32)
+        columns[name] = np.take(values, index, axis=0, mode="clip", out=out) if shared else values
     return columns
 
 

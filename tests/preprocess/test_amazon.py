@@ -269,3 +269,41 @@ def test_the_2014_files_as_an_events_log_for_the_dask_pipeline(tmp_path):
     assert positives("train") == [("U_A", "I_w", (None, None, "I_x", "I_y")), ("U_A", "I_y", (None, None, None, "I_x")),
                                   ("U_B", "I_y", (None, None, None, "I_x"))]
     assert positives("test") == [("U_A", "I_z", (None, "I_x", "I_y", "I_w")), ("U_B", "I_w", (None, None, "I_x", "I_y"))]
+
+
+def test_amazon_on_dask_is_the_events_pipeline_over_the_reviews(tmp_path):
+    """`preprocess amazon --dask` = `preprocess amazon --format events` then `preprocess events` on that log,
+    byte for byte, with the log gone from the output."""
+    pytest.importorskip("distributed")
+    import filecmp
+    import subprocess
+    import sys
+
+    reviews, meta = write_raw(tmp_path, HAND_REVIEWS, HAND_META)
+
+    def sim_tf(*args):
+        result = subprocess.run([sys.executable, "-m", "sim_tf", "preprocess", *args], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    common = ["--min_history", "1", "--history_length", "4", "--workers", "0", "--partitions", "2"]
+    out = sim_tf("amazon", "--reviews", reviews, "--meta", meta, "--output", str(tmp_path / "dask"), "--dask",
+                 "--min_reviews", "3", *common)
+    assert "2 users, 4 items, 6 train and 4 test rows" in out, out  # 3 + 2 positives, each with a twin
+    sim_tf("amazon", "--reviews", reviews, "--meta", meta, "--output", str(tmp_path / "log"), "--format", "events")
+    sim_tf("events", "--input", str(tmp_path / "log"), "--output", str(tmp_path / "events"), "--item_feature_cols",
+           "cat", "--min_events", "3", *common)
+    files = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "events")
+                   for d, _, names in os.walk(tmp_path / "events") for f in names)
+    found = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "dask")
+                   for d, _, names in os.walk(tmp_path / "dask") for f in names)
+    assert found == files and "metadata.json" in files
+    # metadata.json names its input (the log's folder), so only the samples and mappings are compared whole.
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "events", tmp_path / "dask",
+                                               [f for f in files if f != "metadata.json"], shallow=False)
+    assert (mismatch, errors) == ([], [])
+    bad = subprocess.run([sys.executable, "-m", "sim_tf", "preprocess", "amazon", "--reviews", reviews, "--meta", meta,
+                          "--output", str(tmp_path / "bad"), "--dask", "--format", "events"], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 1 and "--dask makes samples" in bad.stderr and not os.path.exists(tmp_path / "bad")
