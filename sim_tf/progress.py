@@ -32,8 +32,8 @@ class Progress:
         elapsed = now - self.started
         rate = done / elapsed if elapsed > 0 else 0.0
         # A few large parts finish well under one a second: "0/s" would say nothing.
-        text = f"{self.label}: {done:,} {self.unit} ({rate:,.0f}/s" if rate >= 10 else \
-            f"{self.label}: {done:,} {self.unit} ({rate:.2g}/s"
+        shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
+        text = f"{self.label}: {done:,} {self.unit} ({shown}/s"
         if fraction is not None and 0 < fraction <= 1:
             text += f", {fraction:.0%}, ETA {format_duration(elapsed / fraction - elapsed)}"
         print(text + ")", file=self.stream, flush=True)

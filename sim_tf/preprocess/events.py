@@ -114,21 +114,41 @@ class EventsConfig:
 # deterministic draws
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a well-mixed uint64 per input (wrapping arithmetic is intended)."""
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix_in_place(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array, overwriting it (one scratch array, not ten temporaries:
+    a row group's negative histories are millions of draws); wrapping arithmetic is intended."""
+    shifted = np.empty_like(x)
     with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+        for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            np.right_shift(x, np.uint64(shift), out=shifted)
+            x ^= shifted
+            x *= np.uint64(factor)
+        np.right_shift(x, np.uint64(31), out=shifted)
+        x ^= shifted
+    return x
+
+
+def _mix(x) -> np.ndarray:
+    """:func:`_mix_in_place` on a copy: a well-mixed uint64 per input."""
+    return _mix_in_place(np.array(x, dtype=np.uint64))
+
+
+def _row_keys(seed: int, users, ranks) -> np.ndarray:
+    """The (seed, user, rank) part of :func:`draw_bits`: draw_bits(seed, u, r, s) ==
+    _mix(_row_keys(seed, u, r) + (s + 1) * _GOLDEN), so a row's many slots share one key."""
+    with np.errstate(over="ignore"):
+        return _mix(np.uint64(seed) + _GOLDEN * np.asarray(users).astype(np.uint64)) \
+            ^ (np.asarray(ranks).astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
 
 
 def draw_bits(seed: int, users: np.ndarray, ranks: np.ndarray, slots) -> np.ndarray:
     """uint64 random bits, one per (user, rank, slot) (arrays of one shape, or broadcastable): a function
     of (seed, user, rank, slot) only."""
     with np.errstate(over="ignore"):
-        key = _mix(np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15) * np.asarray(users).astype(np.uint64)) \
-            ^ (np.asarray(ranks).astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
-        return _mix(key + (np.asarray(slots).astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
+        return _mix(_row_keys(seed, users, ranks) + (np.asarray(slots).astype(np.uint64) + np.uint64(1)) * _GOLDEN)
 
 
 class Popularity:
@@ -435,27 +455,6 @@ def build_samples(user, times, item, label, config: EventsConfig) -> dict:
                                                      item[positive].astype(np.int32)])}
 
 
-def _mix_in_place(x: np.ndarray) -> np.ndarray:
-    """:func:`_mix` on a uint64 array, overwriting it: one scratch array instead of ten temporaries, for
-    the millions of negative-history draws of a row group."""
-    shifted = np.empty_like(x)
-    for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
-        np.right_shift(x, np.uint64(shift), out=shifted)
-        x ^= shifted
-        x *= np.uint64(factor)
-    np.right_shift(x, np.uint64(31), out=shifted)
-    x ^= shifted
-    return x
-
-
-def _row_keys(seed: int, users: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """The (seed, user, rank) part of :func:`draw_bits`, once per row: draw_bits(seed, u, r, s) ==
-    _mix(_row_keys(seed, u, r) + (s + 1) * golden)."""
-    with np.errstate(over="ignore"):
-        return _mix(np.uint64(seed) + np.uint64(0x9E3779B97F4A7C15) * users.astype(np.uint64)) \
-            ^ (ranks.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
-
-
 class Buffers:
     """Arrays reused from one row group to the next. A row group's columns are hundreds of MB; fresh
     allocations that size are new pages every time, and page faults then cost as much as filling them
@@ -497,7 +496,7 @@ def history_columns(samples: dict, rows: np.ndarray, vocab: Vocabulary, config: 
     slot = flat % length
     with np.errstate(over="ignore"):
         bits = np.repeat(_row_keys(config.seed, samples["user"][rows], samples["rank"][rows]), real)
-        bits += (slot.astype(np.uint64) + np.uint64(2)) * np.uint64(0x9E3779B97F4A7C15)
+        bits += (slot.astype(np.uint64) + np.uint64(2)) * _GOLDEN  # draw_bits' slot + 1 for history slot ``slot``
     negatives = buffers.get("neg_item_sequence", shape, np.int32)
     negatives.fill(0)
     negatives.reshape(-1)[flat] = popularity.draw(_mix_in_place(bits))
@@ -512,6 +511,11 @@ def history_columns(samples: dict, rows: np.ndarray, vocab: Vocabulary, config: 
     return columns
 
 
+def _in_split(samples: dict, split: str) -> np.ndarray:
+    """Which of a part's events are samples of ``split`` (they have enough history, and are or are not test)."""
+    return samples["eligible"] & (samples["test"] if split == "test" else ~samples["test"])
+
+
 def sample_groups(samples: dict, split: str, config: EventsConfig, part: int, rows_per_group: int):
     """A split's output rows, a row group at a time: (source sample rows, per output row its source's index
     there, negative-twin flags).
@@ -522,7 +526,7 @@ def sample_groups(samples: dict, split: str, config: EventsConfig, part: int, ro
     its histories again: a third less parquet to write. (The trainer's shuffle buffer separates them; a
     reader that does not shuffle gets each pair in one batch.) With labels, train groups shuffle their
     own rows (seed, part, group). Test rows stay in order."""
-    chosen = samples["eligible"] & (samples["test"] if split == "test" else ~samples["test"])
+    chosen = _in_split(samples, split)
     paired = not config.label_col
     rows = np.flatnonzero(chosen & (samples["label"] == 1) if paired else chosen)
     if split == "train":
@@ -566,7 +570,7 @@ def group_table(samples: dict, source: np.ndarray, index: np.ndarray, negative: 
 def chosen_rows(samples: dict, split: str, config: EventsConfig, part: int) -> tuple[np.ndarray, np.ndarray]:
     """(sample rows, negative-twin flags) of a split for the behaviour store, train rows in a seeded random
     order."""
-    chosen = samples["eligible"] & (samples["test"] if split == "test" else ~samples["test"])
+    chosen = _in_split(samples, split)
     if config.label_col:
         rows = np.flatnonzero(chosen)
         negative = np.zeros(rows.size, bool)
