@@ -44,11 +44,10 @@ def describe(error: BaseException) -> str | None:
         return f"{name + ': ' if name else ''}{_HINTS[error.errno]}"
     if isinstance(error, (gzip.BadGzipFile, zlib.error, EOFError)):
         return f"a compressed input file is corrupt or truncated ({error}): download or write it again"
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return None
-    if not isinstance(error, tf.errors.OpError):
+    # An OpError can only come from a TensorFlow already loaded; importing it here would cost a command that
+    # never uses it (preprocess, launch) seconds on its way out.
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(error, tf.errors.OpError):
         return None
     lines = [line.strip() for line in (error.message or "").splitlines() if line.strip()]
     first = (lines[0] if lines else "")[:300]
