@@ -31,7 +31,7 @@ import numpy as np
 from sim_tf.errors import UserError
 from sim_tf.faults import fork_pool
 from sim_tf.preprocess.amazon_reader import read_categories, read_reviews
-from sim_tf.preprocess.byo_parquet import arrow_table, write_row_groups
+from sim_tf.preprocess.byo_parquet import write_row_groups
 from sim_tf.progress import Progress
 
 NO_CATEGORY = "no category"
@@ -170,12 +170,12 @@ def _materialize(vocab: Vocabulary, index: np.ndarray, config: AmazonConfig, rng
 def write_parquet(path: str, vocab: Vocabulary, index: np.ndarray, config: AmazonConfig, rng, rows_per_group=65536):
     """Materialises index rows a row group at a time, so memory stays at one group's histories (an empty
     index still writes the file, with the schema and no rows)."""
-    def tables():
+    def groups():
         for start in range(0, max(1, index.shape[0]), rows_per_group):
             columns = _materialize(vocab, index[start : start + rows_per_group], config, rng)
-            yield arrow_table({name: columns[name] for name in COLUMNS})
+            yield {name: columns[name] for name in COLUMNS}
 
-    write_row_groups(path, tables())
+    write_row_groups(path, groups())
 
 
 _WORKER_VOCAB: Vocabulary | None = None

@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 
 from sim_tf.errors import UserError, brief
-from sim_tf.preprocess.byo_parquet import arrow_table, write_row_groups
+from sim_tf.preprocess.byo_parquet import write_row_groups
 
 TIME_SPLIT_PREFIX = "time:"
 _USER, _ITEM, _TIME, _LABEL, _PART = "user", "item", "time", "label", "_part"
@@ -591,10 +591,10 @@ def write_samples(path: str, part: int, output: str, vocab: Vocabulary, config: 
     popularity, buffers = vocab.sampler, Buffers()
     counts = {"train": 0, "test": 0}
     for split in ("train", "test"):
-        # Each table is written before the next group refills the buffers its arrays view.
-        tables = (arrow_table(group_table(samples, *group, vocab, config, popularity, buffers))
+        # Each group is written before the next one refills the buffers its arrays view.
+        groups = (group_table(samples, *group, vocab, config, popularity, buffers)
                   for group in sample_groups(samples, split, config, part, rows_per_group))
-        counts[split] = write_row_groups(os.path.join(output, split, f"part.{part}.parquet"), tables)
+        counts[split] = write_row_groups(os.path.join(output, split, f"part.{part}.parquet"), groups)
     return counts
 
 
