@@ -81,6 +81,19 @@ def _exit(message: str, code: int):
     sys.exit(code)
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe or socket whose reading end is gone (other broken pipes, a
+    worker's say, are not the user's doing)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
@@ -117,6 +130,15 @@ def guard(program: str, run, argv):
         _exit(f"{program}: error: {e}", 1)
     except Interrupted as e:
         _exit(f"{program}: {e}", e.exit_code)
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # `sim-tf ... | head` whose reader is done: stop as a program killed by SIGPIPE would (Python
+        # ignores that signal and raises this instead), the cleanups of partial output having run on the
+        # way here; standard output goes to /dev/null so the interpreter's last flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _exit(f"{program}: stopped: standard output was closed (its reader exited); partial output was removed",
+              128 + signal.SIGPIPE)
     except (Stopped, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         _exit(f"{program}: stopped by {signal.Signals(signum).name}; partial output was removed", 128 + signum)

@@ -191,6 +191,29 @@ def test_preprocess_never_imports_tensorflow(tmp_path):
     assert os.path.exists(tmp_path / "out" / "metadata.json")
 
 
+def test_a_closed_standard_output_stops_the_command_with_one_message(tmp_path):
+    """`sim-tf preprocess ... | head` whose reader has exited: one line, SIGPIPE's exit code, no output."""
+    import signal
+    import subprocess
+    import sys
+
+    log = write_log(str(tmp_path / "log"), HAND_LOG)
+    out = tmp_path / "out"
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "sim_tf", "preprocess", "events", "--input", log, "--output",
+                                 str(out), "--item_feature_cols", "category", "--workers", "0", "--history_length",
+                                 "2"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert result.returncode == 128 + signal.SIGPIPE, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ("sim-tf preprocess: stopped: standard output was closed (its "
+                                                      "reader exited); partial output was removed"), result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["log"]  # neither the output nor its staging folder
+
+
 def test_store_format_loads_as_a_behaviour_store(tmp_path):
     from sim_tf.data import feature_spec as fs
     from sim_tf.data.behavior_store import BehaviorStore
