@@ -94,9 +94,21 @@ def build():
 
 # Modules whose tests start subprocesses or train end to end; everything else (layer maths, models, data,
 # the task and loop pieces) runs first, so a broken core fails within seconds.
-_SLOW_MODULES = ("test_cli.py", "test_docs.py", "test_suite.py", "test_export.py", "test_trainer.py", "test_lifelong.py",
-                 "test_distribute.py", "test_launch.py", "test_faults.py")
+# The longest first among them (test_faults.py builds its broken inputs and runs ~60 commands), so with
+# several workers (setup.cfg) no worker is left with a long file at the end while the others idle.
+_SLOW_MODULES = ("test_faults.py", "test_cli.py", "test_docs.py", "test_suite.py", "test_export.py", "test_trainer.py",
+                 "test_lifelong.py", "test_distribute.py", "test_launch.py")
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name in _SLOW_MODULES)  # stable: file order kept within each group
+    def rank(item):  # stable sort: file order kept within each group
+        name = item.path.name
+        return (1, _SLOW_MODULES.index(name)) if name in _SLOW_MODULES else (0, 0)
+
+    items.sort(key=rank)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most 4. Every worker holds a TensorFlow runtime and its own
+    session fixtures, and the end-to-end tests start processes of their own."""
+    return max(1, min(os.cpu_count() or 1, 4))
