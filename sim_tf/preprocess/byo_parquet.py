@@ -150,9 +150,9 @@ class Writer:
         arrays = list(group.values())
         shapes = [(a.shape[1] if a.ndim == 2 else 0) for a in arrays]
         if self.columns is None:
-            self.columns = [_Column(name, length) for name, length in zip(group, shapes)]
             self.file = open(self.path, "wb")
-            self.file.write(MAGIC)
+            self.columns = [_Column(name, length) for name, length in zip(group, shapes)]
+            self._write(MAGIC)
             self.offset = len(MAGIC)
         elif list(group) != [c.name for c in self.columns] or shapes != [c.length for c in self.columns]:
             raise ValueError(f"{self.path}: a row group's columns differ from the first group's")
@@ -200,34 +200,48 @@ class Writer:
         header = _struct([(1, "i32", _DATA_PAGE), (2, "i32", size), (3, "i32", len(compressed)),
                           (5, "struct", _struct([(1, "i32", count), (2, "i32", _PLAIN), (3, "i32", _RLE),
                                                  (4, "i32", _RLE)]))])
-        self.file.write(header)
-        self.file.write(compressed)
+        self._write(header)
+        self._write(compressed)
         self.offset += len(header) + len(compressed)
         return len(header) + size
 
+    def _write(self, data: bytes | None) -> None:
+        """Writes ``data`` (None: flushes and closes the file); a full disk or a file size limit is raised
+        naming the file, as pyarrow's writer did."""
+        try:
+            if data is None:
+                file, self.file = self.file, None
+                file.close()
+            else:
+                self.file.write(data)
+        except OSError as e:
+            if e.filename is None:
+                raise OSError(e.errno, e.strerror, self.path) from e
+            raise
+
     def abort(self) -> None:
-        """Closes and removes a file that will not be finished (a valid footer would hide that rows are
-        missing)."""
+        """Removes a file that will not be finished (a valid footer would hide that rows are missing)."""
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            try:
+                file.close()
+            except OSError:
+                pass  # the same fault as the one being raised
+        if self.columns is not None and os.path.exists(self.path):
             os.remove(self.path)
 
     def close(self) -> None:
         if self.file is None:
             return
-        try:
-            schema = [_struct([(4, "binary", "schema"), (5, "i32", len(self.columns))])]
-            for column in self.columns:
-                schema += column.schema()
-            key_value = _struct([(1, "binary", "ARROW:schema"), (2, "binary", _arrow_schema(self.columns))])
-            footer = _struct([(1, "i32", 1), (2, ("list", "struct"), schema), (3, "i64", self.rows),
-                              (4, ("list", "struct"), self.row_groups), (5, ("list", "struct"), [key_value]),
-                              (6, "binary", "sim-tf byo_parquet")])
-            self.file.write(footer + len(footer).to_bytes(4, "little") + MAGIC)
-        finally:
-            self.file.close()
-            self.file = None
+        schema = [_struct([(4, "binary", "schema"), (5, "i32", len(self.columns))])]
+        for column in self.columns:
+            schema += column.schema()
+        key_value = _struct([(1, "binary", "ARROW:schema"), (2, "binary", _arrow_schema(self.columns))])
+        footer = _struct([(1, "i32", 1), (2, ("list", "struct"), schema), (3, "i64", self.rows),
+                          (4, ("list", "struct"), self.row_groups), (5, ("list", "struct"), [key_value]),
+                          (6, "binary", "sim-tf byo_parquet")])
+        self._write(footer + len(footer).to_bytes(4, "little") + MAGIC)
+        self._write(None)
 
 
 def write_row_groups(path: str, groups: Iterable[dict[str, np.ndarray]]) -> int:
@@ -239,8 +253,8 @@ def write_row_groups(path: str, groups: Iterable[dict[str, np.ndarray]]) -> int:
     try:
         for group in groups:
             writer.write(group)
+        writer.close()
     except BaseException:
         writer.abort()
         raise
-    writer.close()
     return writer.rows

@@ -1,5 +1,6 @@
 """The BYO parquet writer against pyarrow's: same schema and values read back, whatever the group sizes."""
 
+import errno
 import os
 
 import numpy as np
@@ -94,6 +95,27 @@ def test_a_failure_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="differ from the first group"):
         write_row_groups(path, different)
     assert not os.path.exists(path)
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path):
+    """A file size limit (what a full disk looks like to the writer) in a child process: the OSError
+    names the file, and the half-written file is gone."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "full.parquet")
+    script = ("import resource, os, numpy as np\n"
+              "from sim_tf.preprocess.byo_parquet import write_row_groups\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+              "rng = np.random.default_rng(0)\n"
+              "group = {'uid': np.arange(5000), 'item_sequence': rng.integers(0, 2**31 - 1, (5000, 50)).astype(np.int32)}\n"
+              "try:\n"
+              "    write_row_groups(os.environ['OUT'], [group])\n"
+              "except OSError as e:\n"
+              "    print(e.errno, e.filename, os.path.exists(os.environ['OUT']))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OUT": path})
+    assert result.stdout.split() == [str(errno.EFBIG), path, "False"], result.stdout + result.stderr
 
 
 def test_thrift_compact_encoding_of_known_values():
