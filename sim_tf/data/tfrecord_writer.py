@@ -70,10 +70,15 @@ def _fixed_width_varints(values: np.ndarray, width: int) -> np.ndarray:
     whole chunk encodes as dense arrays.
     """
     v = values.astype(np.int64, copy=False).view(np.uint64)
+    if width <= 4:  # every value below 2**28: 32-bit shifts stream half the bytes
+        v = v.astype(np.uint32)
     out = np.empty(v.shape + (width,), dtype=np.uint8)
     for k in range(width):
-        group = (v >> np.uint64(7 * k)) & np.uint64(0x7F)
-        out[..., k] = group if k == width - 1 else group | np.uint64(0x80)
+        group = (v >> v.dtype.type(7 * k)).astype(np.uint8)  # bits 7k .. 7k + 7; the top one is set below
+        if k == width - 1:
+            np.bitwise_and(group, 0x7F, out=out[..., k])
+        else:
+            np.bitwise_or(group, 0x80, out=out[..., k])  # continuation bit
     return out.reshape(v.shape[0], -1)
 
 
@@ -195,7 +200,7 @@ class ShardWriter:
         """Writes every whole record that fits the current parts; keeps the rest pending."""
         if not self.pending_rows:
             return
-        merged = {k: np.concatenate(v) for k, v in self.pending.items()}
+        merged = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in self.pending.items()}
         n, offset = self.pending_rows, 0
         while self.part < self.parts:
             end = int(self.bounds[self.part])

@@ -148,3 +148,23 @@ def test_amazon_preprocess_output_converts_and_trains(tmp_path):
     out = sim_tf("train", "--dataset_dir", str(tfrecord), "--model_type", "din", "--global_batch_size", "512",
                  "--epochs", "1", "--results_dir", str(tmp_path / "results"), "--embedding_dim", "8")
     assert "test AUC" in out
+
+
+@pytest.mark.parametrize("rows", [
+    [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]],  # one length, longer than L: the last L kept
+    [[1, 2, 3], [4, 5, 6]],  # exactly L
+    [[1, 2], [3, 4]],  # one length, shorter than L: left-padded
+    [[], []],  # all empty
+    [[1, 2, 3, 4, 5], [6], [], [7, 8, 9]],  # lengths differ
+])
+def test_pad_lists_keeps_the_last_values_right_aligned(rows):
+    L = 3
+    expected = np.zeros((len(rows), L), np.int64)
+    for r, values in enumerate(rows):
+        kept = values[-L:]
+        expected[r, L - len(kept):] = kept
+    column = pa.array(rows, pa.list_(pa.int32()))
+    assert np.array_equal(convert.pad_lists(column, L, "h", "f.parquet"), expected)
+    # a slice of a longer array (offsets that do not start at 0), as a record batch can be
+    longer = pa.array([[99] * 6] + rows, pa.list_(pa.int32())).slice(1)
+    assert np.array_equal(convert.pad_lists(longer, L, "h", "f.parquet"), expected)
