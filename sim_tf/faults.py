@@ -9,6 +9,7 @@ TensorFlow's I/O errors print one line naming the file and what to do; SIGTERM a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import os
@@ -102,20 +103,43 @@ def _worker_signals():
     """A forked pool worker's signal handling: SIGTERM kills it at once, SIGINT is the parent's to handle.
 
     A forked worker inherits the parent's Python handlers, which turn SIGTERM into an exception. When a
-    pool is closed it SIGTERMs its idle workers; raised inside the worker's wait for the next task, that
-    exception ran the worker's exit handlers with the task queue's lock held, and the worker hung there,
-    and the parent with it (seen as a demo that never finished, under load).
+    pool is terminated it SIGTERMs its workers; raised inside an idle worker's wait for the next task,
+    that exception ran the worker's exit handlers with the task queue's lock held, and the worker hung
+    there, and the parent with it (seen as a demo that never finished, under load). Raised while the
+    worker was still starting (in Python's after-fork hooks, which ignore exceptions), it was lost and
+    the worker lived on. So workers start with the two signals blocked (fork_pool) and unblock them here,
+    once the default handling is in place: a SIGTERM that came early is delivered now, and kills.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
+@contextlib.contextmanager
 def fork_pool(workers: int):
     """A multiprocessing pool of ``workers`` forked processes (they inherit module globals instead of
-    pickling them) whose signal handling is the default one (see _worker_signals)."""
+    pickling them) whose signal handling is the default one (see _worker_signals), as a context.
+
+    On a normal exit the workers are told to stop through the task queue and joined; an exception in
+    the block terminates them at once (SIGTERM). multiprocessing's own context terminates in both cases,
+    and a worker still starting when the last result arrived could lose that SIGTERM (see
+    _worker_signals) and keep the parent's join waiting forever (1,500 pools on a loaded 2-core machine
+    hung within a minute; stopped through the queue, they all ended). The signals are blocked while the
+    pool forks, so its workers (and the threads that fork replacements) start with them blocked."""
     import multiprocessing
 
-    return multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # one that came meanwhile is delivered now
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()
+    pool.join()
 
 
 def guard(program: str, run, argv):

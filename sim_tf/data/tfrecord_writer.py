@@ -82,7 +82,9 @@ def _fixed_width_varints(values: np.ndarray, width: int) -> np.ndarray:
     return out.reshape(v.shape[0], -1)
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """A non-negative integer as a base-128 varint, low groups first: how protobuf (Examples here) and
+    Thrift's compact protocol (parquet metadata, sim_tf.preprocess.byo_parquet) write integers."""
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -95,7 +97,7 @@ def _encode_varint(value: int) -> bytes:
 
 
 def _field(tag: int, length: int) -> bytes:
-    return bytes([tag]) + _encode_varint(length)
+    return bytes([tag]) + encode_varint(length)
 
 
 def encode_examples(columns: Mapping[str, np.ndarray]) -> list[bytes]:

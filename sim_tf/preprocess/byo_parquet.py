@@ -23,8 +23,10 @@ from typing import Iterable
 
 import numpy as np
 
+from sim_tf.data.tfrecord_writer import encode_varint as _varint
+
 MAGIC = b"PAR1"
-PAGE_BYTES = 1 << 20  # values per data page, as most writers (pyarrow's default page size)
+PAGE_BYTES = 1 << 20  # bytes of values per data page (pyarrow's default page size)
 
 # parquet.thrift enums
 _INT32, _INT64 = 1, 2
@@ -36,15 +38,6 @@ _DATA_PAGE = 0
 
 # Thrift compact protocol type codes
 _T_I16, _T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 4, 5, 6, 8, 9, 12
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _zigzag(n: int) -> int:
