@@ -26,7 +26,8 @@ flags.DEFINE_string("meta", None, "amazon: meta_Books.json or meta_Books.json.gz
 flags.DEFINE_string("input", None, "events: the log: a parquet or CSV file, a folder of them or a glob; local or an "
                     "fsspec URL (s3://, gs://, hdfs://, ...).")
 flags.DEFINE_enum("input_format", "auto", ["auto", "parquet", "csv"], "events: the log's format (auto: CSV when "
-                  "the name ends in .csv, .csv.gz, .tsv or .txt, parquet otherwise).")
+                  "the name ends in .csv, .csv.gz, .tsv or .txt, or for a folder when every file in it does, "
+                  "names starting with . or _ skipped; parquet otherwise).")
 flags.DEFINE_string("user_col", "user", "events: the user id column.")
 flags.DEFINE_string("item_col", "item", "events: the item id column.")
 flags.DEFINE_list("item_feature_cols", [], "events: item feature columns (e.g. category), comma separated; each "

@@ -197,6 +197,32 @@ def _is_csv(path: str, csv: bool | None) -> bool:
     return base.endswith((".csv", ".csv.gz", ".tsv", ".txt"))
 
 
+def _log_source(path: str, csv: bool | None) -> tuple[str | list[str], bool]:
+    """(what Dask reads, whether it is CSV). A folder (local or any fsspec URL) is read as its data files
+    (names not starting with "." or "_"): parquet as the folder, CSV as the sorted list of the files, which
+    dask's read_csv needs; ``csv`` None (auto) picks CSV when every data file is named as one."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        folder = fs.isdir(root)
+    except (OSError, ValueError, ImportError):
+        folder = False  # read_log names the problem
+    if not folder:
+        return path, _is_csv(path, csv)
+    files = sorted(n for n in fs.ls(root, detail=False)
+                   if not os.path.basename(n.rstrip("/")).startswith((".", "_")) and fs.isfile(n))
+    if csv is None:
+        csv = bool(files) and all(_is_csv(n, None) for n in files)
+    if not csv:
+        return path, False
+    if not files:
+        raise UserError(f"--input {path!r} is a folder with no data files in it")
+    from fsspec.implementations.local import LocalFileSystem
+
+    return [n if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(n) for n in files], True
+
+
 def read_log(path: str, config: EventsConfig):
     """The log as a Dask frame with the canonical columns user, item, features, time[, label]."""
     import dask.dataframe as dd
@@ -205,15 +231,24 @@ def read_log(path: str, config: EventsConfig):
               **{f: f for f in config.features}}
     if config.label_col:
         wanted[config.label_col] = _LABEL
+    source, csv = _log_source(path, config.csv)
     try:
-        if _is_csv(path, config.csv):
-            frame = dd.read_csv(path, blocksize="64MB", dtype={c: "string" for c in (config.user_col, config.item_col,
-                                                                                       *config.features)})
+        if csv:
+            # Dask infers one compression for all paths and cannot split a gzip file: plain and gzipped
+            # files are read apart, the plain ones in 64 MB blocks.
+            dtype = {c: "string" for c in (config.user_col, config.item_col, *config.features)}
+            groups: dict[bool, list[str]] = {}
+            for name in [source] if isinstance(source, str) else source:
+                groups.setdefault(name.lower().endswith(".gz"), []).append(name)
+            frames = [dd.read_csv(names, blocksize=None if gz else "64MB", compression="gzip" if gz else None,
+                                  dtype=dtype) for gz, names in sorted(groups.items())]
+            frame = frames[0] if len(frames) == 1 else dd.concat(frames)
         else:
-            frame = dd.read_parquet(path)
+            frame = dd.read_parquet(source)
     except (FileNotFoundError, OSError, ValueError) as e:
-        raise UserError(f"--input {path!r} cannot be read as {'CSV' if _is_csv(path, config.csv) else 'parquet'}: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        hint = " (--input_format csv reads CSV files whatever their names)" if config.csv is None and not csv else ""
+        raise UserError(f"--input {path!r} cannot be read as {'CSV' if csv else 'parquet'}: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}{hint}") from None
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         raise UserError(f"--input {path!r} has no column(s) {missing} (it has {list(frame.columns)}); set "

@@ -265,6 +265,30 @@ def test_csv_input_and_date_times(tmp_path):
     assert sorted((r[1], r[2], r[4]) for r in test if r[0] == 1) == [(1, 1, (2, 3)), (2, 3, (2, 1))]
 
 
+def test_a_folder_of_csv_files_is_read_as_csv(tmp_path):
+    """A data lake's layout: a folder of CSV parts (and a marker file), no flag needed; the same rows as
+    one file."""
+    single = run(write_log(tmp_path / "one", HAND_LOG, name="log.csv", csv=True), str(tmp_path / "out_one"))
+    half = len(HAND_LOG) // 2
+    write_log(tmp_path / "parts", HAND_LOG[:half], name="part-0.csv", csv=True)
+    write_log(tmp_path / "parts", HAND_LOG[half:], name="part-1.csv.gz", csv=True)
+    (tmp_path / "parts" / "_SUCCESS").write_text("")
+    counts = run(str(tmp_path / "parts"), str(tmp_path / "out_parts"))
+    assert {k: v for k, v in counts.items() if k != "seconds"} == {k: v for k, v in single.items() if k != "seconds"}
+    for split in ("train", "test"):
+        assert sorted(rows_of(str(tmp_path / "out_parts"), split)[0]) == sorted(rows_of(str(tmp_path / "out_one"),
+                                                                                       split)[0])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is a folder with no data files"):
+        run(str(tmp_path / "empty"), str(tmp_path / "out_empty"), csv=True)
+    write_log(tmp_path / "named", HAND_LOG, name="part-0.log", csv=True)  # CSV under another name
+    with pytest.raises(UserError, match="cannot be read as parquet: .*--input_format csv"):
+        run(str(tmp_path / "named"), str(tmp_path / "out_named"))
+    run(str(tmp_path / "named"), str(tmp_path / "out_named"), csv=True)  # as the hint says
+    assert sorted(rows_of(str(tmp_path / "out_named"), "train")[0]) == sorted(rows_of(str(tmp_path / "out_one"),
+                                                                                     "train")[0])
+
+
 def test_an_unreachable_scheduler_is_named():
     with pytest.raises(UserError, match="--scheduler 'tcp://127.0.0.1:9': no Dask scheduler answered"):
         events.Engine(scheduler="tcp://127.0.0.1:9", timeout_s=2)
