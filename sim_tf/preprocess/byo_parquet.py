@@ -17,6 +17,7 @@ and Encodings.md (the RLE / bit-packing hybrid of the levels).
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import os
 from typing import Iterable
@@ -104,6 +105,7 @@ class _Column:
     def __init__(self, name: str, length: int):
         self.name, self.length = name, length  # length 0: 1-D int64; else list<int32> of that length
         self.path = [name] if length == 0 else [name, "list", "element"]
+        self.values_per_row = max(length, 1)  # parquet counts a list's elements as values
         row_bytes = 8 if length == 0 else 4 * length
         self.rows_per_page = max(1, PAGE_BYTES // row_bytes)
 
@@ -165,7 +167,7 @@ class Writer:
             size = self.offset - chunk_start
             uncompressed_total += uncompressed
             compressed_total += size
-            count = rows * max(column.length, 1)
+            count = rows * column.values_per_row
             meta = _struct([(1, "i32", _INT64 if column.length == 0 else _INT32), (2, ("list", "i32"), [_PLAIN, _RLE]),
                             (3, ("list", "binary"), column.path), (4, "i32", _SNAPPY), (5, "i64", count),
                             (6, "i64", uncompressed), (7, "i64", size), (9, "i64", chunk_start)])
@@ -189,7 +191,7 @@ class Writer:
         body[:len(levels)] = np.frombuffer(levels, np.uint8)
         body[len(levels):] = values.reshape(-1).view(np.uint8)
         compressed = pa.compress(body, codec="snappy", asbytes=True)
-        count = rows * max(column.length, 1)
+        count = rows * column.values_per_row
         header = _struct([(1, "i32", _DATA_PAGE), (2, "i32", size), (3, "i32", len(compressed)),
                           (5, "struct", _struct([(1, "i32", count), (2, "i32", _PLAIN), (3, "i32", _RLE),
                                                  (4, "i32", _RLE)]))])
@@ -198,19 +200,20 @@ class Writer:
         self.offset += len(header) + len(compressed)
         return len(header) + size
 
-    def _write(self, data: bytes | None) -> None:
-        """Writes ``data`` (None: flushes and closes the file); a full disk or a file size limit is raised
-        naming the file, as pyarrow's writer did."""
+    @contextlib.contextmanager
+    def _naming_the_file(self):
+        """A full disk or a file size limit (in a write or the closing flush) raised naming the file, as
+        pyarrow's writer did."""
         try:
-            if data is None:
-                file, self.file = self.file, None
-                file.close()
-            else:
-                self.file.write(data)
+            yield
         except OSError as e:
             if e.filename is None:
                 raise OSError(e.errno, e.strerror, self.path) from e
             raise
+
+    def _write(self, data: bytes) -> None:
+        with self._naming_the_file():
+            self.file.write(data)
 
     def abort(self) -> None:
         """Removes a file that will not be finished (a valid footer would hide that rows are missing)."""
@@ -234,7 +237,9 @@ class Writer:
                           (4, ("list", "struct"), self.row_groups), (5, ("list", "struct"), [key_value]),
                           (6, "binary", "sim-tf byo_parquet")])
         self._write(footer + len(footer).to_bytes(4, "little") + MAGIC)
-        self._write(None)
+        file, self.file = self.file, None
+        with self._naming_the_file():
+            file.close()
 
 
 def write_row_groups(path: str, groups: Iterable[dict[str, np.ndarray]]) -> int:

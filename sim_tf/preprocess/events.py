@@ -210,8 +210,9 @@ def _log_source(path: str, csv: bool | None) -> tuple[str | list[str], bool]:
         folder = False  # read_log names the problem
     if not folder:
         return path, _is_csv(path, csv)
-    files = sorted(n for n in fs.ls(root, detail=False)
-                   if not os.path.basename(n.rstrip("/")).startswith((".", "_")) and fs.isfile(n))
+    # One listing with the entries' types (on an object store, a request per entry otherwise).
+    files = sorted(e["name"] for e in fs.ls(root, detail=True)
+                   if e["type"] == "file" and not os.path.basename(e["name"].rstrip("/")).startswith((".", "_")))
     if csv is None:
         csv = bool(files) and all(_is_csv(n, None) for n in files)
     if not csv:
