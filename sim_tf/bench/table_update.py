@@ -90,15 +90,15 @@ def main(argv: list[str] | None = None) -> dict:
                                      epsilon=plain.epsilon, grad=tf.zeros_like(weights))
         fix_touched_rows(weights, m, v, gradient, 1, 0.01, plain.beta_1, plain.beta_2, plain.epsilon)
 
-    source = start.copy()
-    target = np.empty_like(source)
+    target = np.empty_like(start)
     cases = {
         "densify+fused": optimizer_step(FusedAdam, dense=True),
         "zero+fix_rows": zero_and_fix,
         "lazy": optimizer_step(LazyAdam, dense=False),
-        "copy": lambda: np.copyto(target, source),
+        "copy": lambda: np.copyto(target, start),
     }
-    result = {"rows": args.rows, "dim": args.dim, "lookups": args.lookups, "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+    result = {"rows": args.rows, "dim": args.dim, "lookups": args.lookups,
+              "threads": tf.config.threading.get_intra_op_parallelism_threads(),
               "distinct_ids": int(np.unique(ids.numpy()).size)}
     best = {}
     for name, fn in cases.items():
