@@ -285,8 +285,13 @@ class LifelongConfig:
         return self.short_length
 
 
-def generate_lifelong(config: LifelongConfig):
-    """(store, {"train": columns, "test": columns}); the columns reference the store by user and position."""
+def generate_lifelong(config: LifelongConfig, pair_kinds: bool = False):
+    """(store, {"train": columns, "test": columns}); the columns reference the store by user and position.
+
+    With ``pair_kinds``, also {"train": kinds, "test": kinds}: per sample, in the columns' order, True for
+    a long-term pair's sample and False for a session pair's (the same data either way: the kinds are
+    drawn whether asked for or not), so a model's AUC can be read per kind (sim_tf.bench.lifelong_pairs).
+    """
     from sim_tf.data.behavior_store import BehaviorStore
 
     rng = np.random.default_rng(config.seed)
@@ -330,11 +335,13 @@ def generate_lifelong(config: LifelongConfig):
             tw.POSITION: np.concatenate([ends, ends]),
         }
         order = rng.permutation(targets.size)
-        return {k: np.ascontiguousarray(v[order]).astype(np.int64) for k, v in columns.items()}
+        kinds = np.concatenate([long_term, long_term])[order]
+        return {k: np.ascontiguousarray(v[order]).astype(np.int64) for k, v in columns.items()}, kinds
 
-    train_users = np.arange(1, config.train_users + 1)
-    test_users = np.arange(config.train_users + 1, U + 1)
-    return store, {"train": split(train_users), "test": split(test_users)}
+    train, train_kinds = split(np.arange(1, config.train_users + 1))
+    test, test_kinds = split(np.arange(config.train_users + 1, U + 1))
+    splits = {"train": train, "test": test}
+    return (store, splits, {"train": train_kinds, "test": test_kinds}) if pair_kinds else (store, splits)
 
 
 def synthesize_lifelong(config: LifelongConfig, output_dir: str, num_files: int = 8, prebatch_size: int = 32,

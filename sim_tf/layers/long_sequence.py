@@ -237,10 +237,12 @@ class TwinAttention(keras.layers.Layer):
         # the ESU sees; from unrelated random projections it starts from an arbitrary selection, which the
         # ESU cannot learn relevance from (4 of 5 seeds stayed at the last-100 model's AUC on the lifelong
         # preset: docs/performance.md).
-        self.w_query = self.add_weight(name="w_query", shape=(width, inner), initializer=glorot(seed=1))
-        self.w_key = self.add_weight(name="w_key", shape=(width, inner), initializer=glorot(seed=1))
-        self.w_value = self.add_weight(name="w_value", shape=(width, inner), initializer=glorot(seed=3))
-        self.w_out = self.add_weight(name="w_out", shape=(inner, width), initializer=glorot(seed=4))
+        # The draws follow keras' global seed (the trainer's --seed), so seeds sample this layer's start too.
+        self.w_query = self.add_weight(name="w_query", shape=(width, inner), initializer=glorot())
+        self.w_key = self.add_weight(name="w_key", shape=(width, inner),
+                                     initializer=lambda shape, dtype=None: tf.identity(self.w_query))
+        self.w_value = self.add_weight(name="w_value", shape=(width, inner), initializer=glorot())
+        self.w_out = self.add_weight(name="w_out", shape=(inner, width), initializer=glorot())
         self.age_bias = self.add_weight(name="age_bias", shape=(AGE_BUCKETS, self.heads), initializer="zeros")
         self.built = True
 

@@ -1,6 +1,7 @@
 """ETA, SDIM and TWIN against brute force on hand-computable inputs, and their masking invariance."""
 
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -136,3 +137,18 @@ def test_twins_first_scores_are_a_similarity():
     keys = tf.concat([query[:, None, :], tf.constant(rng.normal(size=(1, T - 1, 2 * E)) * 0.3, tf.float32)], axis=1)
     _, logits = twin(query, keys, tf.ones((1, T)), tf.zeros((1, T), tf.int32))
     assert np.all(logits.numpy()[0, 0] > 0)
+
+
+def test_twins_start_follows_the_global_seed():
+    """The trainer's --seed (keras' global seed) decides TWIN's initial projections: two seeds draw two
+    starts, one seed draws the same one twice, and the key projection always starts as the query's."""
+    def start(seed):
+        keras.utils.set_random_seed(seed)
+        twin = TwinAttention(heads=2, head_dim=4)
+        twin.build(2 * E)
+        np.testing.assert_array_equal(twin.w_query.numpy(), twin.w_key.numpy())
+        return np.concatenate([w.numpy().ravel() for w in (twin.w_query, twin.w_value, twin.w_out)])
+
+    first, again, other = start(0), start(0), start(1)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
