@@ -21,7 +21,6 @@ then one gathered integer per feature (int64 for ETA, int32 for SDIM), not a pro
   user-behaviour cross feature (how long ago, in behaviours). The GSU scores every behaviour with the mean
   of those logits over the heads, which is linear in the embedding: k . u(q) + mean_h beta_h[age], with
   u(q) = mean_h W_K^h W_Q^h^T q / sqrt(d_h) computed once per sample, so a behaviour costs one dot product.
-  Query and behaviours enter it with each item feature's embedding RMS-normalised (see TwinAttention).
 """
 
 from __future__ import annotations
@@ -209,12 +208,6 @@ class SdimSampler(keras.layers.Layer):
         return {**super().get_config(), "rounds": self.rounds, "bits": self.bits, "seed": self.seed}
 
 
-def rms_normalize(x: tf.Tensor, epsilon: float = 1e-6) -> tf.Tensor:
-    """x / sqrt(mean(x^2) + epsilon) over the last axis (computed in float32, returned in x's dtype)."""
-    x32 = tf.cast(x, tf.float32)
-    return tf.cast(x32 * tf.math.rsqrt(tf.reduce_mean(tf.square(x32), axis=-1, keepdims=True) + epsilon), x.dtype)
-
-
 def age_buckets(steps: int | tf.Tensor) -> tf.Tensor:
     """[T] int32: floor(log2(age)) of each position of a left-padded window of T, the last one of age 1."""
     age = tf.cast(steps, tf.float32) - tf.range(tf.cast(steps, tf.float32))
@@ -229,14 +222,6 @@ class TwinAttention(keras.layers.Layer):
     beta_h[age bucket]; value k W_V^h. ``call(query [B, D], keys [B, k, D], mask [B, k], ages [B, k])``
     returns (output [B, D] = W_O [softmax-pooled values of every head], logits [B, k, heads]).
     :meth:`gsu_scores` scores every behaviour with mean_h logit_h, computed as one dot product per behaviour.
-
-    SIM feeds it each item feature's embedding RMS-normalised (:func:`rms_normalize`, per feature, so a
-    behaviour's normalised vector is still a function of its table rows alone), query and keys alike.
-    Embeddings start small (|e|^2 ~ 0.01), and so would the content logits; the age bias, trained by
-    Adam, moves by ~the learning rate a step whatever its gradient, so within a few steps one bucket's
-    bias outweighed every similarity and the GSU kept the k behaviours of that age bucket alone. When
-    that bucket was younger than the signal, nothing relevant reached the ESU and the model never
-    learned it (docs/performance.md). Normalised, the content logits start at unit scale.
     """
 
     def __init__(self, heads: int = 4, head_dim: int = 16, **kwargs):

@@ -28,7 +28,7 @@ from sim_tf.data import feature_spec as fs
 from sim_tf.layers.core import (MLP, AttentionPooling, EmbeddingTable, TableRows,
                                 masked_mean, masked_softmax)
 from sim_tf.layers.dien import AUGRU, AuxiliaryNetwork, DienAttention, MaskedGRU
-from sim_tf.layers.long_sequence import EtaSearch, SdimSampler, TwinAttention, age_buckets, rms_normalize
+from sim_tf.layers.long_sequence import EtaSearch, SdimSampler, TwinAttention, age_buckets
 from sim_tf.models import MODEL_TYPES
 from sim_tf.models.config import ModelConfig
 
@@ -356,16 +356,11 @@ class SIM(_DienBlock, CtrModel):
             items, top_mask = self._embed_chosen(long_ids, mask, top, sources)
             attended, _ = self.esu_attention(query, items, top_mask)
             return attended, masked_mean(items, top_mask)
-        # TWIN reads every item feature's embedding RMS-normalised (TwinAttention's docstring says why): the
-        # GSU from normalised table rows (a pass over each table, no gradient: the top-k takes none), the
-        # ESU from the k chosen behaviours normalised after the gather (the same values, with gradient).
-        unit_query = tf.concat([rms_normalize(q) for q in queries], axis=-1)
-        parts = self._long_parts(long_ids, [tf.stop_gradient(rms_normalize(s)) for s in sources])
+        parts = self._long_parts(long_ids, sources)
         ages = age_buckets(tf.shape(long_ids[0])[1])
-        _, top = tf.math.top_k(self.twin.gsu_scores(unit_query, parts, mask, ages[None, :]), k=k, sorted=False)
+        _, top = tf.math.top_k(self.twin.gsu_scores(query, parts, mask, ages[None, :]), k=k, sorted=False)
         items, top_mask = self._embed_chosen(long_ids, mask, top, sources)
-        unit_items = tf.concat([rms_normalize(x) for x in tf.split(items, len(self.item_tables), axis=-1)], axis=-1)
-        attended, _ = self.twin(unit_query, unit_items, top_mask, tf.gather(ages, top))
+        attended, _ = self.twin(query, items, top_mask, tf.gather(ages, top))
         return attended, masked_mean(items, top_mask)
 
     def call(self, features, training=False):
