@@ -52,10 +52,13 @@ def split_by_kind(labels, probabilities, long_term) -> dict:
             "long_term_samples": int(long_term.sum()), "session_samples": int((~long_term).sum())}
 
 
-def read_predictions(path: str):
-    import pandas as pd
+def read_predictions(path: str) -> dict:
+    """{column: numpy array} of a `sim-tf predict` output (.parquet, else CSV)."""
+    import pyarrow.csv
+    import pyarrow.parquet
 
-    return pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+    table = pyarrow.parquet.read_table(path) if path.endswith(".parquet") else pyarrow.csv.read_csv(path)
+    return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
 def main(argv=None) -> int:
@@ -75,17 +78,24 @@ def main(argv=None) -> int:
     _, splits, kinds = synthetic.generate_lifelong(config, pair_kinds=True)
     columns, kinds = splits[args.split], kinds[args.split]
     for path in args.predictions:
-        frame = read_predictions(path)
-        users = columns[tw.user_feature(0)]
-        items = columns[tw.item_feature(0, tw.TARGET)]
-        if (len(frame) != users.size or not np.array_equal(frame["user"].to_numpy(), users)
-                or not np.array_equal(frame["item"].to_numpy(), items)):
+        try:
+            frame = read_predictions(path)
+            rows, probabilities = frame["probability"].size, frame["probability"]
+            same = (rows == kinds.size and np.array_equal(frame["user"], columns[tw.user_feature(0)])
+                    and np.array_equal(frame["item"], columns[tw.item_feature(0, tw.TARGET)]))
+        except FileNotFoundError:
+            print(f"lifelong_pairs: {path}: no such file", file=sys.stderr)
+            return 2
+        except (OSError, KeyError, ValueError) as error:  # pyarrow's errors derive from these
+            print(f"lifelong_pairs: {path}: not a readable `sim-tf predict` output ({error})", file=sys.stderr)
+            return 2
+        if not same:
             print(f"lifelong_pairs: {path}: its rows are not the {args.split} split of {args.dataset_dir} in file order "
-                  f"({len(frame):,} rows against {users.size:,} samples, or other users/items): predict that split "
+                  f"({rows:,} rows against {kinds.size:,} samples, or other users/items): predict that split "
                   "with `sim-tf predict --input DATASET_DIR --mapping SPLIT`", file=sys.stderr)
             return 2
-        labels = frame["label"].to_numpy() if "label" in frame else columns[tw.LABEL]
-        print(json.dumps({"predictions": path, **split_by_kind(labels, frame["probability"].to_numpy(), kinds)}))
+        labels = frame.get("label", columns[tw.LABEL])
+        print(json.dumps({"predictions": path, **split_by_kind(labels, probabilities, kinds)}))
     return 0
 
 

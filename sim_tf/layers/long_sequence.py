@@ -222,6 +222,11 @@ class TwinAttention(keras.layers.Layer):
     beta_h[age bucket]; value k W_V^h. ``call(query [B, D], keys [B, k, D], mask [B, k], ages [B, k])``
     returns (output [B, D] = W_O [softmax-pooled values of every head], logits [B, k, heads]).
     :meth:`gsu_scores` scores every behaviour with mean_h logit_h, computed as one dot product per behaviour.
+
+    Known weakness: fresh embeddings make the content logits ~0.001 while Adam moves the age bias by ~the
+    learning rate a step, so within a few steps one age bucket outweighs every similarity and the GSU
+    keeps that bucket alone; if it is younger than the signal, training never recovers
+    (docs/performance.md, "Why a TWIN seed fails").
     """
 
     def __init__(self, heads: int = 4, head_dim: int = 16, **kwargs):

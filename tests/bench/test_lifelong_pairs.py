@@ -4,7 +4,9 @@ kinds leaves the data unchanged, and the AUC split of a predictions file."""
 import json
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.parquet
 import pytest
 
 from sim_tf.bench import lifelong_pairs
@@ -56,17 +58,22 @@ def test_main_splits_a_predictions_file_in_file_order(lifelong, tmp_path, capsys
     # A "model" that knows the long-term pairs' answers and guesses the session pairs'.
     rng = np.random.default_rng(0)
     probability = np.where(kinds["test"], cols[tw.LABEL] * 0.5 + 0.25, rng.random(cols[tw.LABEL].size))
-    frame = pd.DataFrame({"user": cols[tw.user_feature(0)], "item": cols[tw.item_feature(0, tw.TARGET)],
-                          "label": cols[tw.LABEL], "probability": probability})
+    frame = {"user": cols[tw.user_feature(0)], "item": cols[tw.item_feature(0, tw.TARGET)],
+             "label": cols[tw.LABEL], "probability": probability}
     good = tmp_path / "predictions.parquet"
-    frame.to_parquet(good)
+    pyarrow.parquet.write_table(pa.table(frame), good)
     assert lifelong_pairs.main(["--dataset_dir", lifelong.base_directory, str(good)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["auc_long_term"] == 1.0 and 0.2 < result["auc_session"] < 0.8
     shuffled = tmp_path / "shuffled.csv"
-    frame.sample(frac=1.0, random_state=0).to_csv(shuffled, index=False)
+    order = rng.permutation(probability.size)
+    pyarrow.csv.write_csv(pa.table({k: v[order] for k, v in frame.items()}), shuffled)
     assert lifelong_pairs.main(["--dataset_dir", lifelong.base_directory, str(shuffled)]) == 2
     assert "not the test split" in capsys.readouterr().err
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(good.read_bytes()[:100])
+    assert lifelong_pairs.main(["--dataset_dir", lifelong.base_directory, str(truncated)]) == 2
+    assert "not a readable" in capsys.readouterr().err
 
 
 def test_main_names_a_dataset_that_is_not_lifelong(tmp_path, capsys):
