@@ -243,43 +243,43 @@ class TwinAttention(keras.layers.Layer):
         # ESU cannot learn relevance from (4 of 5 seeds stayed at the last-100 model's AUC on the lifelong
         # preset: docs/performance.md).
         # The draws follow keras' global seed (the trainer's --seed), so seeds sample this layer's start too.
-        self.w_query = self.add_weight(name="w_query", shape=(width, inner), initializer=glorot())
-        self.w_key = self.add_weight(name="w_key", shape=(width, inner),
+        # autocast=False: the logits read the float32 weights as they are (see logits); the value path casts.
+        self.w_query = self.add_weight(name="w_query", shape=(width, inner), initializer=glorot(), autocast=False)
+        self.w_key = self.add_weight(name="w_key", shape=(width, inner), autocast=False,
                                      initializer=lambda shape, dtype=None: tf.identity(self.w_query))
-        self.w_value = self.add_weight(name="w_value", shape=(width, inner), initializer=glorot())
-        self.w_out = self.add_weight(name="w_out", shape=(inner, width), initializer=glorot())
-        self.age_bias = self.add_weight(name="age_bias", shape=(AGE_BUCKETS, self.heads), initializer="zeros")
+        self.w_value = self.add_weight(name="w_value", shape=(width, inner), initializer=glorot(), autocast=False)
+        self.w_out = self.add_weight(name="w_out", shape=(inner, width), initializer=glorot(), autocast=False)
+        self.age_bias = self.add_weight(name="age_bias", shape=(AGE_BUCKETS, self.heads), initializer="zeros",
+                                        autocast=False)
         self.built = True
 
     def _heads(self, x):
         return tf.reshape(x, tf.concat([tf.shape(x)[:-1], [self.heads, self.head_dim]], axis=0))
 
     def logits(self, query, keys, ages):
-        """[B, k, heads]."""
-        dtype = keys.dtype
-        q = self._heads(tf.matmul(query, tf.cast(self.w_query, dtype)))  # [B, H, d]
-        k = self._heads(tf.einsum("bkd,de->bke", keys, tf.cast(self.w_key, dtype)))  # [B, k, H, d]
-        scale = tf.constant(1.0 / math.sqrt(self.head_dim), dtype)
-        return tf.einsum("bkhd,bhd->bkh", k, q) * scale + tf.cast(tf.gather(self.age_bias, ages), dtype)
+        """[B, k, heads], float32 under a mixed policy too: the GSU ranks by the same numbers (gsu_scores), and
+        in bfloat16 near-ties between behaviours flip, so the two stages would keep different ones."""
+        q = self._heads(tf.matmul(tf.cast(query, tf.float32), self.w_query))  # [B, H, d]
+        k = self._heads(tf.einsum("bkd,de->bke", tf.cast(keys, tf.float32), self.w_key))  # [B, k, H, d]
+        return tf.einsum("bkhd,bhd->bkh", k, q) * (1.0 / math.sqrt(self.head_dim)) + tf.gather(self.age_bias, ages)
 
     def call(self, query, keys, mask, ages):
         logits = self.logits(query, keys, ages)
         weights = masked_softmax(tf.transpose(logits, [0, 2, 1]), tf.cast(mask, logits.dtype)[:, None, :])  # [B, H, k]
         values = self._heads(tf.einsum("bkd,de->bke", keys, tf.cast(self.w_value, keys.dtype)))  # [B, k, H, d]
-        pooled = tf.einsum("bhk,bkhd->bhd", weights, values)
+        pooled = tf.einsum("bhk,bkhd->bhd", tf.cast(weights, values.dtype), values)
         flat = tf.reshape(pooled, [-1, self.heads * self.head_dim])
         return tf.matmul(flat, tf.cast(self.w_out, flat.dtype)), logits
 
     def gsu_scores(self, query, parts, mask, ages):
-        """[B, T]: mean over heads of the ESU's logit for every behaviour (padding at the dtype's minimum)."""
-        dtype = query.dtype
-        q = self._heads(tf.matmul(query, tf.cast(self.w_query, dtype)))  # [B, H, d]
-        k_weights = tf.reshape(tf.cast(self.w_key, dtype), [-1, self.heads, self.head_dim])  # [D, H, d]
+        """[B, T] float32: mean over heads of the ESU's logit for every behaviour (padding at float32's minimum)."""
+        q = self._heads(tf.matmul(tf.cast(query, tf.float32), self.w_query))  # [B, H, d]
+        k_weights = tf.reshape(self.w_key, [-1, self.heads, self.head_dim])  # [D, H, d]
         direction = tf.einsum("bhd,ehd->be", q, k_weights) / (self.heads * math.sqrt(self.head_dim))  # [B, D]
         directions = tf.split(direction, part_widths(parts), axis=-1)
-        scores = tf.add_n([p.scores(u) if isinstance(p, TableRows) else tf.einsum("btd,bd->bt", p, u)
+        scores = tf.add_n([p.scores(u) if isinstance(p, TableRows) else tf.einsum("btd,bd->bt", tf.cast(p, tf.float32), u)
                            for p, u in zip(parts, directions)])
-        scores += tf.cast(tf.reduce_mean(tf.gather(self.age_bias, ages), axis=-1), scores.dtype)
+        scores += tf.reduce_mean(tf.gather(self.age_bias, ages), axis=-1)
         return tf.where(tf.cast(mask, tf.bool), scores, tf.constant(scores.dtype.min, scores.dtype))
 
     def get_config(self):
