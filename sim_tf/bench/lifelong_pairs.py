@@ -23,9 +23,6 @@ import sys
 
 import numpy as np
 
-LIFELONG_KIND = "sim_tf.synthetic.lifelong"
-
-
 def lifelong_config(dataset_dir: str):
     """The LifelongConfig recorded in DATASET_DIR/feature_spec.yaml (ValueError if it is not one)."""
     from sim_tf.data import synthetic
@@ -33,9 +30,10 @@ def lifelong_config(dataset_dir: str):
 
     spec = FeatureSpec.from_yaml(os.path.join(dataset_dir, "feature_spec.yaml"), check_files=False)
     recorded = dict(spec.metadata.get("generator") or {})
-    if recorded.pop("kind", None) != LIFELONG_KIND:
+    if recorded.pop("kind", None) != synthetic.LIFELONG_GENERATOR:
         raise ValueError(f"{dataset_dir}: not written by `sim-tf synthesize --preset lifelong` (its feature_spec.yaml "
-                         f"records no {LIFELONG_KIND} generator), so its pairs have no kinds to regenerate")
+                         f"records no {synthetic.LIFELONG_GENERATOR} generator), so its pairs have no kinds to "
+                         "regenerate")
     fields = {f.name for f in dataclasses.fields(synthetic.LifelongConfig)}
     return synthetic.LifelongConfig(**{k: v for k, v in recorded.items() if k in fields})
 
@@ -90,8 +88,8 @@ def main(argv=None) -> int:
             print(f"lifelong_pairs: {path}: not a readable `sim-tf predict` output ({error})", file=sys.stderr)
             return 2
         if not same:
-            print(f"lifelong_pairs: {path}: its rows are not the {args.split} split of {args.dataset_dir} in file order "
-                  f"({rows:,} rows against {kinds.size:,} samples, or other users/items): predict that split "
+            print(f"lifelong_pairs: {path}: its rows are not the {args.split} split of {args.dataset_dir} in file "
+                  f"order ({rows:,} rows against {kinds.size:,} samples, or other users/items): predict that split "
                   "with `sim-tf predict --input DATASET_DIR --mapping SPLIT`", file=sys.stderr)
             return 2
         labels = frame.get("label", columns[tw.LABEL])

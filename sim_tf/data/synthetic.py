@@ -228,6 +228,9 @@ def synthesize(
 
 
 # ---------------------------------------------------------------------------------------------- lifelong
+LIFELONG_GENERATOR = "sim_tf.synthetic.lifelong"  # feature_spec.yaml's metadata.generator.kind for these datasets
+
+
 @dataclasses.dataclass(frozen=True)
 class LifelongConfig:
     """A store-backed dataset of lifelong histories whose signal lies *older than the most recent
@@ -354,7 +357,7 @@ def synthesize_lifelong(config: LifelongConfig, output_dir: str, num_files: int 
             f"{sum(len(c[tw.LABEL]) for c in splits.values()):,} samples in {time.perf_counter() - started:.1f}s")
     metadata = {
         "samples": {name: int(len(cols[tw.LABEL])) for name, cols in splits.items()},
-        "generator": {"kind": "sim_tf.synthetic.lifelong", **dataclasses.asdict(config)},
+        "generator": {"kind": LIFELONG_GENERATOR, **dataclasses.asdict(config)},
     }
     return tw.write_dataset(
         output_dir, splits, user_cardinalities=[config.users], item_cardinalities=[config.items, config.categories],

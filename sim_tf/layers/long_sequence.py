@@ -277,7 +277,8 @@ class TwinAttention(keras.layers.Layer):
         k_weights = tf.reshape(self.w_key, [-1, self.heads, self.head_dim])  # [D, H, d]
         direction = tf.einsum("bhd,ehd->be", q, k_weights) / (self.heads * math.sqrt(self.head_dim))  # [B, D]
         directions = tf.split(direction, part_widths(parts), axis=-1)
-        scores = tf.add_n([p.scores(u) if isinstance(p, TableRows) else tf.einsum("btd,bd->bt", tf.cast(p, tf.float32), u)
+        scores = tf.add_n([p.scores(u) if isinstance(p, TableRows)
+                           else tf.einsum("btd,bd->bt", tf.cast(p, tf.float32), u)
                            for p, u in zip(parts, directions)])
         scores += tf.reduce_mean(tf.gather(self.age_bias, ages), axis=-1)
         return tf.where(tf.cast(mask, tf.bool), scores, tf.constant(scores.dtype.min, scores.dtype))

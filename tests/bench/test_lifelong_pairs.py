@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet
 import pytest
+import yaml
 
 from sim_tf.bench import lifelong_pairs
 from sim_tf.data import synthetic
@@ -76,7 +77,10 @@ def test_main_splits_a_predictions_file_in_file_order(lifelong, tmp_path, capsys
     assert "not a readable" in capsys.readouterr().err
 
 
-def test_main_names_a_dataset_that_is_not_lifelong(tmp_path, capsys):
-    (tmp_path / "feature_spec.yaml").write_text("feature_spec: {}\nchannel_spec: {}\nsource_spec: {}\n")
+def test_main_names_a_dataset_that_is_not_lifelong(lifelong, tmp_path, capsys):
+    """A valid feature spec whose generator is not the lifelong one (here: none recorded)."""
+    spec = lifelong.to_dict()
+    spec["metadata"].pop("generator")
+    (tmp_path / "feature_spec.yaml").write_text(yaml.safe_dump(spec))
     assert lifelong_pairs.main(["--dataset_dir", str(tmp_path), "p.parquet"]) == 2
-    assert "lifelong" in capsys.readouterr().err
+    assert "not written by `sim-tf synthesize --preset lifelong`" in capsys.readouterr().err
