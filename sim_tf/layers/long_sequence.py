@@ -219,19 +219,22 @@ class TwinAttention(keras.layers.Layer):
     """TWIN's target attention, shared by its GSU (all T behaviours) and ESU (the k kept).
 
     Head h (of ``heads``, width d_h = ``head_dim``): logit_h = (k W_K^h) . (q W_Q^h) / sqrt(d_h) +
-    beta_h[age bucket]; value k W_V^h. ``call(query [B, D], keys [B, k, D], mask [B, k], ages [B, k])``
-    returns (output [B, D] = W_O [softmax-pooled values of every head], logits [B, k, heads]).
+    s beta_h[age bucket], s = ``age_bias_scale``; value k W_V^h. ``call(query [B, D], keys [B, k, D], mask [B, k],
+    ages [B, k])`` returns (output [B, D] = W_O [softmax-pooled values of every head], logits [B, k, heads]).
     :meth:`gsu_scores` scores every behaviour with mean_h logit_h, computed as one dot product per behaviour.
 
-    Known weakness: fresh embeddings make the content logits ~0.001 while Adam moves the age bias by ~the
-    learning rate a step, so within a few steps one age bucket outweighs every similarity and the GSU
-    keeps that bucket alone; if it is younger than the signal, training never recovers
-    (docs/performance.md, "Why a TWIN seed fails").
+    Why the scale s (0.1): fresh embeddings make the content logits ~0.001, and Adam moves beta by about the
+    learning rate a step whatever its gradient's size, so unscaled, one age bucket's bias outweighed every
+    similarity within ~50 steps and the GSU kept that bucket alone; when it was younger than the signal,
+    training never recovered (1 seed of 5 on the lifelong preset at 0.74 AUC; docs/performance.md, "Why a
+    TWIN seed fails"). With s = 0.1 the bias moves a tenth as fast, the content scores grow first, and the
+    search keeps the target's category on every seed measured.
     """
 
-    def __init__(self, heads: int = 4, head_dim: int = 16, **kwargs):
+    def __init__(self, heads: int = 4, head_dim: int = 16, age_bias_scale: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         self.heads, self.head_dim = check_positive_ints("heads and head_dim", (heads, head_dim))
+        self.age_bias_scale = float(age_bias_scale)
 
     def build(self, width):
         width = int(width)
@@ -256,12 +259,15 @@ class TwinAttention(keras.layers.Layer):
     def _heads(self, x):
         return tf.reshape(x, tf.concat([tf.shape(x)[:-1], [self.heads, self.head_dim]], axis=0))
 
+    def _age_bias(self, ages):
+        return self.age_bias_scale * tf.gather(self.age_bias, ages)
+
     def logits(self, query, keys, ages):
         """[B, k, heads], float32 under a mixed policy too: the GSU ranks by the same numbers (gsu_scores), and
         in bfloat16 near-ties between behaviours flip, so the two stages would keep different ones."""
         q = self._heads(tf.matmul(tf.cast(query, tf.float32), self.w_query))  # [B, H, d]
         k = self._heads(tf.einsum("bkd,de->bke", tf.cast(keys, tf.float32), self.w_key))  # [B, k, H, d]
-        return tf.einsum("bkhd,bhd->bkh", k, q) * (1.0 / math.sqrt(self.head_dim)) + tf.gather(self.age_bias, ages)
+        return tf.einsum("bkhd,bhd->bkh", k, q) * (1.0 / math.sqrt(self.head_dim)) + self._age_bias(ages)
 
     def call(self, query, keys, mask, ages):
         logits = self.logits(query, keys, ages)
@@ -280,8 +286,9 @@ class TwinAttention(keras.layers.Layer):
         scores = tf.add_n([p.scores(u) if isinstance(p, TableRows)
                            else tf.einsum("btd,bd->bt", tf.cast(p, tf.float32), u)
                            for p, u in zip(parts, directions)])
-        scores += tf.reduce_mean(tf.gather(self.age_bias, ages), axis=-1)
+        scores += tf.reduce_mean(self._age_bias(ages), axis=-1)
         return tf.where(tf.cast(mask, tf.bool), scores, tf.constant(scores.dtype.min, scores.dtype))
 
     def get_config(self):
-        return {**super().get_config(), "heads": self.heads, "head_dim": self.head_dim}
+        return {**super().get_config(), "heads": self.heads, "head_dim": self.head_dim,
+                "age_bias_scale": self.age_bias_scale}

@@ -152,3 +152,21 @@ def test_twins_start_follows_the_global_seed():
     first, again, other = start(0), start(0), start(1)
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
+
+
+def test_twins_age_bias_enters_at_its_scale_in_both_stages():
+    """With a zero query every content logit is 0, so each head's logit is age_bias_scale * beta[bucket, head]
+    exactly, and the GSU's score the mean of those over heads; the scale survives get_config."""
+    twin = TwinAttention(heads=2, head_dim=3, age_bias_scale=0.25)
+    twin.build(2 * E)
+    beta = np.random.default_rng(8).normal(size=twin.age_bias.shape).astype(np.float32)
+    twin.age_bias.assign(beta)
+    ages = age_buckets(T)
+    query = tf.zeros((1, 2 * E))
+    keys = tf.constant(np.random.default_rng(9).normal(size=(1, T, 2 * E)), tf.float32)
+    _, logits = twin(query, keys, tf.ones((1, T)), ages[None, :])
+    np.testing.assert_allclose(logits[0], 0.25 * beta[ages.numpy()], rtol=1e-6)
+    scores = twin.gsu_scores(query, [keys], tf.ones((1, T)), ages[None, :])
+    np.testing.assert_allclose(scores[0], 0.25 * beta[ages.numpy()].mean(axis=-1), rtol=1e-5)
+    assert TwinAttention.from_config(twin.get_config()).age_bias_scale == 0.25
+    assert TwinAttention().age_bias_scale == 0.1
