@@ -170,3 +170,17 @@ def test_twins_age_bias_enters_at_its_scale_in_both_stages():
     np.testing.assert_allclose(scores[0], 0.25 * beta[ages.numpy()].mean(axis=-1), rtol=1e-5)
     assert TwinAttention.from_config(twin.get_config()).age_bias_scale == 0.25
     assert TwinAttention().age_bias_scale == 0.1
+
+
+def test_twins_first_output_is_the_attended_mean_of_the_behaviours():
+    """W_O starts as W_V's transpose and W_V's rows are orthonormal, so W_V W_O = I: with a zero query and
+    bias every head attends uniformly, and the ESU's first output is the mean of the unmasked keys."""
+    keras.utils.set_random_seed(3)
+    twin = TwinAttention(heads=2, head_dim=2 * E)
+    twin.build(2 * E)
+    np.testing.assert_allclose(twin.w_value.numpy() @ twin.w_out.numpy(), np.eye(2 * E), atol=1e-5)
+    keys = np.random.default_rng(10).normal(size=(B, T, 2 * E)).astype(np.float32)
+    mask = np.ones((B, T), np.float32)
+    mask[:, :2] = 0.0
+    output, _ = twin(tf.zeros((B, 2 * E)), tf.constant(keys), tf.constant(mask), tf.zeros((B, T), tf.int32))
+    np.testing.assert_allclose(output, keys[:, 2:].mean(axis=1), rtol=1e-4, atol=1e-5)
