@@ -228,7 +228,7 @@ class TwinAttention(keras.layers.Layer):
     similarity within ~50 steps and the GSU kept that bucket alone; when it was younger than the signal,
     training never recovered (1 seed of 5 on the lifelong preset at 0.74 AUC; docs/performance.md, "Why a
     TWIN seed fails"). With s = 0.1 the bias moves a tenth as fast, the content scores grow first, and the
-    search keeps the target's category on every seed measured.
+    search keeps the target's category on every seed checked (0-3 of 0-4).
     """
 
     def __init__(self, heads: int = 4, head_dim: int = 16, age_bias_scale: float = 0.1, **kwargs):
