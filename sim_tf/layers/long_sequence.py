@@ -16,10 +16,11 @@ concatenation (see AttentionPooling.call_parts). Masks are 1 on real behaviours,
 Both hash per item feature, a table row at a time (:class:`FeatureSimHash`): a behaviour's signature is
 then one gathered integer per feature (int64 for ETA, int32 for SDIM), not a projection of its embedding.
 * **TWIN** (Chang et al. 2023, arXiv 2302.02352): one relevance metric for both stages. The ESU is
-  multi-head target attention whose head-h logit is (k W_K^h) . (q W_Q^h) / sqrt(d_h) + beta_h[age]: a
-  projection of the behaviour's inherent features (its embedding) and a bias per age bucket for the
-  user-behaviour cross feature (how long ago, in behaviours). The GSU scores every behaviour with the mean
-  of those logits over the heads, which is linear in the embedding: k . u(q) + mean_h beta_h[age], with
+  multi-head target attention whose head-h logit is (k W_K^h) . (q W_Q^h) / sqrt(d_h) + s beta_h[age]: a
+  projection of the behaviour's inherent features (its embedding) and a bias per age bucket, at a scale s
+  (TwinAttention says why), for the user-behaviour cross feature (how long ago, in behaviours). The GSU
+  scores every behaviour with the mean of those logits over the heads, which is linear in the embedding:
+  k . u(q) + s mean_h beta_h[age], with
   u(q) = mean_h W_K^h W_Q^h^T q / sqrt(d_h) computed once per sample, so a behaviour costs one dot product.
 """
 
@@ -270,10 +271,14 @@ class TwinAttention(keras.layers.Layer):
     def _age_bias(self, ages):
         return self.age_bias_scale * tf.gather(self.age_bias, ages)
 
+    def _query_heads(self, query):
+        """[B, H, d] float32: the query's projection, which the ESU's logits and the GSU's scores share."""
+        return self._heads(tf.matmul(tf.cast(query, tf.float32), self.w_query))
+
     def logits(self, query, keys, ages):
         """[B, k, heads], float32 under a mixed policy too: the GSU ranks by the same numbers (gsu_scores), and
         in bfloat16 near-ties between behaviours flip, so the two stages would keep different ones."""
-        q = self._heads(tf.matmul(tf.cast(query, tf.float32), self.w_query))  # [B, H, d]
+        q = self._query_heads(query)
         k = self._heads(tf.einsum("bkd,de->bke", tf.cast(keys, tf.float32), self.w_key))  # [B, k, H, d]
         return tf.einsum("bkhd,bhd->bkh", k, q) * (1.0 / math.sqrt(self.head_dim)) + self._age_bias(ages)
 
@@ -287,7 +292,7 @@ class TwinAttention(keras.layers.Layer):
 
     def gsu_scores(self, query, parts, mask, ages):
         """[B, T] float32: mean over heads of the ESU's logit for every behaviour (padding at float32's minimum)."""
-        q = self._heads(tf.matmul(tf.cast(query, tf.float32), self.w_query))  # [B, H, d]
+        q = self._query_heads(query)
         k_weights = tf.reshape(self.w_key, [-1, self.heads, self.head_dim])  # [D, H, d]
         direction = tf.einsum("bhd,ehd->be", q, k_weights) / (self.heads * math.sqrt(self.head_dim))  # [B, D]
         directions = tf.split(direction, part_widths(parts), axis=-1)
