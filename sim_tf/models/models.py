@@ -17,7 +17,10 @@ sizes, which :func:`build_model` takes from a FeatureSpec.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import random as python_random
+import zlib
 from typing import Sequence
 
 import keras
@@ -35,7 +38,14 @@ from sim_tf.models.config import ModelConfig
 
 
 class CtrModel(keras.Model):
-    """Embedding tables and their lookups; subclasses add the interest modelling and heads."""
+    """Embedding tables and their lookups; subclasses add the interest modelling and heads.
+
+    Initial values follow the global seed (``keras.utils.set_random_seed``, the trainer's ``--seed``) part
+    by part: each named part (a table, the GRU, a head) draws from a stream of its own, keyed by the seed
+    and its name (:meth:`make_part`, :meth:`build_part`). So two models built under one seed start every part they share alike
+    (SIM with ``--gsu=soft`` and with ``--gsu=eta`` differ only in the search unit's own weights), and a
+    comparison paired by seed pairs the same starting point, not two draws.
+    """
 
     def __init__(
         self,
@@ -44,7 +54,10 @@ class CtrModel(keras.Model):
         config: ModelConfig | dict = ModelConfig(),
         **kwargs,
     ):
+        # Drawn first, before anything else draws, so it depends on the global seed alone.
+        seed = python_random.getrandbits(32)
         super().__init__(**kwargs)
+        self._part_seed = seed
         self.config = config if isinstance(config, ModelConfig) else ModelConfig(**config)
         self.user_vocab_sizes = [int(v) for v in user_vocab_sizes]
         self.item_vocab_sizes = [int(v) for v in item_vocab_sizes]
@@ -56,10 +69,38 @@ class CtrModel(keras.Model):
         self.item_width = dim * len(self.item_vocab_sizes)
         self.user_width = dim * len(self.user_vocab_sizes)
 
+    @contextlib.contextmanager
+    def _stream(self, name: str, stage: str):
+        """Runs the construction (``stage="make"``) or the build (``"build"``) of the part ``name`` on a
+        random stream of its own.
+
+        Keras seeds every initializer (and dropout) that has no seed of its own from Python's ``random``
+        (``make_default_seed``) when it is created: at a layer's construction (``Dense``) or its build
+        (``add_weight``). Reseeding that module from (model seed, name, stage) makes a part's initial
+        values independent of which other parts exist and in what order they were made; the module's
+        previous state is restored after, so nothing else's draws move.
+        """
+        state = python_random.getstate()
+        python_random.seed(zlib.crc32(f"{self._part_seed}/{name}/{stage}".encode()))
+        try:
+            yield
+        finally:
+            python_random.setstate(state)
+
+    def make_part(self, name: str, layer_class, *args, **kwargs):
+        """``layer_class(*args, name=name, **kwargs)``, constructed on the part's own random stream."""
+        with self._stream(name, "make"):
+            return layer_class(*args, name=name, **kwargs)
+
+    def build_part(self, layer: keras.layers.Layer, *shapes):
+        """``layer.build(*shapes)`` on the part's own random stream."""
+        with self._stream(layer.name, "build"):
+            layer.build(*shapes)
+
     def build_layers(self):
         """Creates every variable from the known widths, so a fresh model can load weights before a call."""
         for table in self.user_tables + self.item_tables:
-            table.build()
+            self.build_part(table)
 
     def embed_user(self, features) -> tf.Tensor:
         return tf.concat([t.lookup(ids) for t, ids in zip(self.user_tables, features[keys.USER])], axis=-1)
@@ -99,17 +140,17 @@ class _DienBlock:
 
     def _make_dien_layers(self):
         units = self.config.gru_units
-        self.gru = MaskedGRU(units, name="interest_extractor")
-        self.dien_attention = DienAttention(units, name="dien_attention")
-        self.augru = AUGRU(units, name="interest_evolution")
-        self.aux_net = AuxiliaryNetwork(self.config.aux_mlp_dims, name="auxiliary_network")
+        self.gru = self.make_part("interest_extractor", MaskedGRU, units)
+        self.dien_attention = self.make_part("dien_attention", DienAttention, units)
+        self.augru = self.make_part("interest_evolution", AUGRU, units)
+        self.aux_net = self.make_part("auxiliary_network", AuxiliaryNetwork, self.config.aux_mlp_dims)
 
     def _build_dien_layers(self):
         units = self.config.gru_units
-        self.gru.build((None, None, self.item_width))
-        self.dien_attention.build((None, self.item_width), (None, None, units))
-        self.augru.build((None, None, units))
-        self.aux_net.build((None, None, units), (None, None, self.item_width))
+        self.build_part(self.gru, (None, None, self.item_width))
+        self.build_part(self.dien_attention, (None, self.item_width), (None, None, units))
+        self.build_part(self.augru, (None, None, units))
+        self.build_part(self.aux_net, (None, None, units), (None, None, self.item_width))
 
     def _dien(self, query, features, training, sources):
         """(final interest state, auxiliary outputs); the auxiliary network runs only when training."""
@@ -144,14 +185,14 @@ class DIN(CtrModel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.attention = AttentionPooling(self.config.attention, name="attention")
-        self.head = MLP(self.config.stage_two_mlp_dims, self.config.dropout_rate, name="head")
+        self.attention = self.make_part("attention", AttentionPooling, self.config.attention)
+        self.head = self.make_part("head", MLP, self.config.stage_two_mlp_dims, self.config.dropout_rate)
         self.build_layers()
 
     def build_layers(self):
         super().build_layers()
-        self.attention.build((None, None, self.item_width))
-        self.head.build((None, 2 * self.item_width + self.user_width))
+        self.build_part(self.attention, (None, None, self.item_width))
+        self.build_part(self.head, (None, 2 * self.item_width + self.user_width))
         self.built = True
 
     def call(self, features, training=False):
@@ -175,13 +216,13 @@ class DIEN(_DienBlock, CtrModel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._make_dien_layers()
-        self.head = MLP(self.config.stage_two_mlp_dims, self.config.dropout_rate, name="head")
+        self.head = self.make_part("head", MLP, self.config.stage_two_mlp_dims, self.config.dropout_rate)
         self.build_layers()
 
     def build_layers(self):
         super().build_layers()
         self._build_dien_layers()
-        self.head.build((None, self.item_width + self.config.gru_units + self.user_width))
+        self.build_part(self.head, (None, self.item_width + self.config.gru_units + self.user_width))
         self.built = True
 
     def call(self, features, training=False):
@@ -219,34 +260,34 @@ class SIM(_DienBlock, CtrModel):
         c = self.config
         self.soft = c.gsu == "soft"
         if self.soft:  # the other search units have no stage-one loss
-            self.gsu_attention = AttentionPooling(c.attention, name="gsu_attention")
-            self.stage_one_head = MLP(c.stage_one_mlp_dims, c.dropout_rate, name="stage_one_head")
+            self.gsu_attention = self.make_part("gsu_attention", AttentionPooling, c.attention)
+            self.stage_one_head = self.make_part("stage_one_head", MLP, c.stage_one_mlp_dims, c.dropout_rate)
         if c.gsu in ("soft", "hard", "eta"):
-            self.esu_attention = AttentionPooling(c.attention, name="esu_attention")
+            self.esu_attention = self.make_part("esu_attention", AttentionPooling, c.attention)
         if c.gsu == "eta":
-            self.eta = EtaSearch(c.hash_bits, name="eta_search")
+            self.eta = self.make_part("eta_search", EtaSearch, c.hash_bits)
         elif c.gsu == "sdim":
-            self.sdim = SdimSampler(c.sdim_rounds, c.sdim_bits, name="sdim_sampler")
+            self.sdim = self.make_part("sdim_sampler", SdimSampler, c.sdim_rounds, c.sdim_bits)
         elif c.gsu == "twin":
-            self.twin = TwinAttention(c.twin_heads, c.embedding_dim, name="twin_attention")
+            self.twin = self.make_part("twin_attention", TwinAttention, c.twin_heads, c.embedding_dim)
         self._make_dien_layers()
-        self.head = MLP(self.config.stage_two_mlp_dims, self.config.dropout_rate, name="stage_two_head")
+        self.head = self.make_part("stage_two_head", MLP, self.config.stage_two_mlp_dims, self.config.dropout_rate)
         self.build_layers()
 
     def build_layers(self):
         super().build_layers()
         if self.soft:
-            self.gsu_attention.build((None, None, self.item_width))
-            self.stage_one_head.build((None, 2 * self.item_width + self.user_width))
+            self.build_part(self.gsu_attention, (None, None, self.item_width))
+            self.build_part(self.stage_one_head, (None, 2 * self.item_width + self.user_width))
         if hasattr(self, "esu_attention"):
-            self.esu_attention.build((None, None, self.item_width))
+            self.build_part(self.esu_attention, (None, None, self.item_width))
         for unit in ("eta", "sdim"):
             if hasattr(self, unit):
-                getattr(self, unit).build([self.config.embedding_dim] * len(self.item_tables))
+                self.build_part(getattr(self, unit), [self.config.embedding_dim] * len(self.item_tables))
         if hasattr(self, "twin"):
-            self.twin.build(self.item_width)
+            self.build_part(self.twin, self.item_width)
         self._build_dien_layers()
-        self.head.build((None, 3 * self.item_width + self.config.gru_units + self.user_width))
+        self.build_part(self.head, (None, 3 * self.item_width + self.config.gru_units + self.user_width))
         self.built = True
 
     def _stage_one(self, query, pooled_long, user, training) -> dict:

@@ -314,3 +314,31 @@ def test_sims_successors_train_in_float32_and_mixed_precision(gsu, build, make_f
     mixed = build("sim", config, policy="mixed_bfloat16")
     mixed.set_weights(model.get_weights())
     np.testing.assert_allclose(mixed(features)["prediction"], model(features)["prediction"], atol=0.05)
+
+
+def test_one_seed_starts_every_part_two_models_share_alike(build, model_config):
+    """Initial values follow (seed, part name), not the order parts were made: SIM with any search unit,
+    DIEN and DIN built under one seed start their shared tables, DIEN block and heads with equal values,
+    which a comparison paired by seed relies on; another seed starts elsewhere."""
+    import dataclasses
+
+    def start(model_type, seed, **changes):
+        keras.utils.set_random_seed(seed)
+        model = build(model_type, dataclasses.replace(model_config, hash_bits=8, sdim_rounds=3, sdim_bits=2, **changes))
+        return {v.path: v.numpy() for v in model.weights}
+
+    soft = start("sim", 0, gsu="soft")
+    # The soft search alone makes a stage-one head, before the DIEN block and the stage-two head.
+    assert any(path.startswith("stage_one_head/") for path in soft)
+    for other in (start("sim", 0, gsu=g) for g in ("hard", "eta", "sdim", "twin")):
+        shared = [path for path in other if path in soft]
+        assert any(p.startswith("interest_extractor/") for p in shared) and any(p.startswith("stage_two_head/") for p in shared)
+        for path in shared:
+            np.testing.assert_array_equal(other[path], soft[path], err_msg=path)
+    dien, din = start("dien", 0), start("din", 0)
+    for path in ("item_embedding_0/table", "user_embedding_0/table", "interest_evolution/recurrent_kernel"):
+        np.testing.assert_array_equal(dien[path], soft[path], err_msg=path)
+    np.testing.assert_array_equal(din["item_embedding_1/table"], soft["item_embedding_1/table"])
+    reseeded = start("sim", 1, gsu="soft")
+    for path in ("item_embedding_0/table", "interest_extractor/input_kernel", "stage_two_head/dense_0/kernel"):
+        assert not np.array_equal(reseeded[path], soft[path]), path
