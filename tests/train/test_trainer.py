@@ -131,7 +131,10 @@ def test_train_then_evaluate_and_infer_from_checkpoint(tiny_dataset, tmp_path, m
     amp = summary(read_log(served))
     assert amp["samples"] == 2048
     assert amp["test_auc"] == pytest.approx(final["test_auc"], abs=2e-3)
-    assert amp["test_auc"] != final["test_auc"]  # bfloat16 did compute: the scores are not bit-identical
+    # bfloat16 did compute: the run resolved the mixed policy and its log loss moved. (Not the AUC: a model
+    # near chance on this tiny data can keep its ranking, and so its AUC, bit for bit under bfloat16.)
+    assert json.load(open(served / "config.json"))["resolved"]["precision"] == "mixed_bfloat16"
+    assert amp["test_loss"] != final["test_loss"]
 
 
 def test_sim_learns_the_planted_signal(tiny_dataset, tmp_path):
