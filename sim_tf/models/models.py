@@ -42,9 +42,9 @@ class CtrModel(keras.Model):
 
     Initial values follow the global seed (``keras.utils.set_random_seed``, the trainer's ``--seed``) part
     by part: each named part (a table, the GRU, a head) draws from a stream of its own, keyed by the seed
-    and its name (:meth:`make_part`, :meth:`build_part`). So two models built under one seed start every part they share alike
-    (SIM with ``--gsu=soft`` and with ``--gsu=eta`` differ only in the search unit's own weights), and a
-    comparison paired by seed pairs the same starting point, not two draws.
+    and its name (:meth:`make_part`, :meth:`build_part`). So two models built under one seed start every
+    part they share alike (SIM with ``--gsu=soft`` and with ``--gsu=eta`` differ only in the search unit's
+    own weights), and a comparison paired by seed pairs the same starting point, not two draws.
     """
 
     def __init__(

@@ -332,7 +332,8 @@ def test_one_seed_starts_every_part_two_models_share_alike(build, model_config):
     assert any(path.startswith("stage_one_head/") for path in soft)
     for other in (start("sim", 0, gsu=g) for g in ("hard", "eta", "sdim", "twin")):
         shared = [path for path in other if path in soft]
-        assert any(p.startswith("interest_extractor/") for p in shared) and any(p.startswith("stage_two_head/") for p in shared)
+        assert any(p.startswith("interest_extractor/") for p in shared)
+        assert any(p.startswith("stage_two_head/") for p in shared)
         for path in shared:
             np.testing.assert_array_equal(other[path], soft[path], err_msg=path)
     dien, din = start("dien", 0), start("din", 0)
