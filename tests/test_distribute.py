@@ -172,3 +172,28 @@ def test_gpu_defaults_are_in_the_recipe_flag_file():
     lines = open(os.path.join(root, "configs", "recipe_defaults.cfg")).read().splitlines()
     assert "--steps_per_loop=0" in lines and not any(line.startswith("--xla") or line.startswith("--noxla") for line in lines)
     assert distribute.plan_devices(8, 64, steps_per_loop=0).steps_per_loop == distribute.GPU_STEPS_PER_LOOP
+
+
+def test_head_batch_norm_keeps_one_running_statistic_across_replicas():
+    """Two CPU replicas see batches with different means; the BatchNorm's running mean is updated once
+    with the mean of the two, and both replicas hold that value (so a checkpoint, which saves the first,
+    saves what every replica predicted with)."""
+    code = (
+        "import numpy as np, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "from sim_tf.layers.core import BatchNorm\n"
+        "strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])\n"
+        "with strategy.scope():\n"
+        "    norm = BatchNorm(momentum=0.5)\n"
+        "    norm.build((None, 2))\n"
+        "batches = [tf.constant([[1.0, 2.0], [3.0, 2.0]]), tf.constant([[11.0, 0.0], [13.0, 0.0]])]\n"
+        "values = strategy.experimental_distribute_values_from_function(lambda c: batches[c.replica_id_in_sync_group])\n"
+        "tf.function(lambda v: strategy.run(lambda x: norm(x, training=True), args=(v,)))(values)\n"
+        "for local in strategy.experimental_local_results(norm.moving_mean.value):\n"
+        "    print('running', *np.round(local.numpy(), 4))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    # Replica means [2, 2] and [12, 0]; 0.5 * 0 + 0.5 * their mean [7, 1], on both replicas.
+    assert [line for line in result.stdout.splitlines() if line.startswith("running")] == ["running 3.5 0.5"] * 2

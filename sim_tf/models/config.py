@@ -16,6 +16,7 @@ class ModelConfig:
     stage_two_mlp_dims: tuple[int, ...] = (200, 80)
     aux_mlp_dims: tuple[int, ...] = (100, 50)
     dropout_rate: float = -1.0
+    head_batch_norm: bool = False  # batch-normalise every CTR head's input (layers.core.BatchNorm)
     top_k: int = 50
     attention: str = "dot"
     # SIM's search unit: "soft" (attention over the long history, then top-k), "hard" (the input
@@ -39,6 +40,8 @@ class ModelConfig:
             raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
         if not (self.dropout_rate < 1.0 and math.isfinite(self.dropout_rate)):
             raise ValueError(f"dropout_rate must be a finite number < 1 (-1 disables dropout), got {self.dropout_rate}")
+        if not isinstance(self.head_batch_norm, bool):
+            raise ValueError(f"head_batch_norm must be true or false, got {self.head_batch_norm!r}")
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.gsu not in GSU_KINDS:

@@ -92,6 +92,11 @@ class CtrModel(keras.Model):
         with self._stream(name, "make"):
             return layer_class(*args, name=name, **kwargs)
 
+    def make_head(self, name: str, hidden_units) -> MLP:
+        """A CTR head (MLP) with the config's dropout and input normalisation."""
+        return self.make_part(name, MLP, hidden_units, self.config.dropout_rate,
+                              input_norm=self.config.head_batch_norm)
+
     def build_part(self, layer: keras.layers.Layer, *shapes):
         """``layer.build(*shapes)`` on the part's own random stream."""
         with self._stream(layer.name, "build"):
@@ -186,7 +191,7 @@ class DIN(CtrModel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.attention = self.make_part("attention", AttentionPooling, self.config.attention)
-        self.head = self.make_part("head", MLP, self.config.stage_two_mlp_dims, self.config.dropout_rate)
+        self.head = self.make_head("head", self.config.stage_two_mlp_dims)
         self.build_layers()
 
     def build_layers(self):
@@ -216,7 +221,7 @@ class DIEN(_DienBlock, CtrModel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._make_dien_layers()
-        self.head = self.make_part("head", MLP, self.config.stage_two_mlp_dims, self.config.dropout_rate)
+        self.head = self.make_head("head", self.config.stage_two_mlp_dims)
         self.build_layers()
 
     def build_layers(self):
@@ -261,7 +266,7 @@ class SIM(_DienBlock, CtrModel):
         self.soft = c.gsu == "soft"
         if self.soft:  # the other search units have no stage-one loss
             self.gsu_attention = self.make_part("gsu_attention", AttentionPooling, c.attention)
-            self.stage_one_head = self.make_part("stage_one_head", MLP, c.stage_one_mlp_dims, c.dropout_rate)
+            self.stage_one_head = self.make_head("stage_one_head", c.stage_one_mlp_dims)
         if c.gsu in ("soft", "hard", "eta"):
             self.esu_attention = self.make_part("esu_attention", AttentionPooling, c.attention)
         if c.gsu == "eta":
@@ -271,7 +276,7 @@ class SIM(_DienBlock, CtrModel):
         elif c.gsu == "twin":
             self.twin = self.make_part("twin_attention", TwinAttention, c.twin_heads, c.embedding_dim)
         self._make_dien_layers()
-        self.head = self.make_part("stage_two_head", MLP, self.config.stage_two_mlp_dims, self.config.dropout_rate)
+        self.head = self.make_head("stage_two_head", self.config.stage_two_mlp_dims)
         self.build_layers()
 
     def build_layers(self):

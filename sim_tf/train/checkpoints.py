@@ -42,8 +42,29 @@ def find_checkpoint(path: str) -> str:
     return path
 
 
+def check_no_foreign_weights(model: keras.Model, path: str, model_type: str) -> None:
+    """Refuses a checkpoint that holds model weights ``model`` does not have (its flags built other parts:
+    --head_batch_norm, --gsu, ...): TensorFlow restores the weights a model asks for and ignores the rest,
+    so loading it would silently predict with a model other than the one trained."""
+    try:
+        names = [name for name, _ in tf.train.list_variables(path)]
+    except (ValueError, tf.errors.OpError) as e:
+        raise UserError(f"checkpoint {path!r} is unreadable: {brief(e)}") from None
+    # A checkpoint key "model/<name>/.ATTRIBUTES/VARIABLE_VALUE" escapes each "." of <name> as "..".
+    prefix, suffix = "model/", "/.ATTRIBUTES/VARIABLE_VALUE"
+    saved = {n[len(prefix):-len(suffix)] for n in names if n.startswith(prefix) and n.endswith(suffix)}
+    foreign = sorted(saved - {key.replace(".", "..") for key in variables_by_path(model)})
+    if foreign:
+        shown = ", ".join(k.replace("..", "/") for k in foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise UserError(f"checkpoint {path!r} holds {len(foreign)} model weight(s) a {model_type} model with these "
+                        f"flags does not have ({shown}): it was trained with other model flags (--gsu, "
+                        f"--head_batch_norm, --attention, ...); pass the flags it was trained with")
+
+
 def restore_model_weights(model: keras.Model, path: str, model_type: str) -> None:
-    """Loads only the model's weights from a training checkpoint; every weight must be found there."""
+    """Loads only the model's weights from a training checkpoint; every weight must be found there, and
+    the checkpoint must hold no model weight the model lacks."""
+    check_no_foreign_weights(model, path, model_type)
     try:
         status = tf.train.Checkpoint(model=variables_by_path(model)).restore(path)
     except (ValueError, tf.errors.OpError) as e:
@@ -147,6 +168,7 @@ class TrainingCheckpoints:
             candidates.append(find_checkpoint(load_path))
         path = next((p for p in candidates if p), None)
         if path is not None and training:
+            check_no_foreign_weights(model, path, model_type)
             self.restore(path)
         elif path is not None:
             restore_model_weights(model, path, model_type)

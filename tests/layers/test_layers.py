@@ -37,6 +37,55 @@ def test_mlp_with_ones_weights_matches_hand_computation():
     np.testing.assert_allclose(out.numpy(), [5.3, 2.4], rtol=1e-6)
 
 
+def test_batch_norm_uses_the_batch_when_training_and_its_running_statistics_after():
+    norm = core.BatchNorm(momentum=0.75, epsilon=0.01)
+    x = np.array([[1.0, 10.0], [3.0, 10.0], [5.0, 16.0], [7.0, 12.0]], np.float32)
+    norm.build(x.shape)
+    norm.gamma.assign([2.0, 1.0])
+    norm.beta.assign([0.5, -1.0])
+    mean, variance = x.mean(axis=0), x.var(axis=0)  # [4, 12], [5, 6] (biased)
+    got = norm(tf.constant(x), training=True).numpy()
+    np.testing.assert_allclose(got, (x - mean) / np.sqrt(variance + 0.01) * [2.0, 1.0] + [0.5, -1.0], rtol=1e-6)
+    # running = 0.75 * running + 0.25 * batch, from (0, 1)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), 0.25 * mean, rtol=1e-6)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), 0.75 + 0.25 * variance, rtol=1e-6)
+    running_mean, running_variance = 0.25 * mean, 0.75 + 0.25 * variance
+    got = norm(tf.constant(x)).numpy()  # not training: the running statistics, which it leaves alone
+    want = (x - running_mean) / np.sqrt(running_variance + 0.01) * [2.0, 1.0] + [0.5, -1.0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), running_mean, rtol=1e-6)
+    assert [v.name for v in norm.trainable_variables] == ["gamma", "beta"]
+    with pytest.raises(ValueError, match="momentum must be in"):
+        core.BatchNorm(momentum=1.0)
+
+
+def test_batch_norm_under_a_mixed_policy_keeps_float32_statistics():
+    norm = core.BatchNorm(dtype="mixed_bfloat16")
+    x = tf.constant([[1.0, -2.0], [3.0, 2.0], [2.0, 0.0]], tf.bfloat16)
+    out = norm(x, training=True)
+    assert out.dtype == tf.bfloat16 and all(v.dtype == "float32" for v in norm.weights)
+    np.testing.assert_allclose(out.numpy().astype(np.float32).mean(axis=0), [0.0, 0.0], atol=0.02)
+
+
+def test_mlp_with_input_norm_is_the_mlp_on_the_normalised_input_and_starts_where_it_would_without():
+    x = tf.random.normal([6, 3], mean=5.0, stddev=3.0, seed=1)
+    keras.utils.set_random_seed(3)
+    plain = core.MLP([4, 2])
+    plain.build((None, 3))
+    keras.utils.set_random_seed(3)
+    normed = core.MLP([4, 2], input_norm=True)
+    normed.build((None, 3))
+    # The norm draws no random numbers: every other weight starts the same, in the same order.
+    assert len(normed.weights) == len(plain.weights) + 4
+    plain_values = {w.path.split("/", 1)[1]: w.numpy() for w in plain.weights}
+    for w in normed.weights:
+        name = w.path.split("/", 1)[1]
+        if not name.startswith("input_norm"):
+            np.testing.assert_array_equal(w.numpy(), plain_values[name], err_msg=name)
+    normalised = normed.input_norm(x, training=True)
+    np.testing.assert_allclose(normed(x, training=True).numpy(), plain(normalised).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_mlp_batch_of_one_keeps_batch_axis():
     mlp = core.MLP([4, 2])
     assert mlp(tf.ones([1, 3])).shape == (1,)
@@ -266,7 +315,8 @@ def test_embedding_table_is_float32_under_mixed_precision_and_gradients_are_spar
     assert np.abs(table.table.numpy()).max() <= limit
 
 
-@pytest.mark.parametrize("layer", [core.MLP([3, 2], dropout_rate=0.2), core.AttentionPooling("din"),
+@pytest.mark.parametrize("layer", [core.MLP([3, 2], dropout_rate=0.2), core.MLP([2], input_norm=True),
+                                   core.BatchNorm(momentum=0.5), core.AttentionPooling("din"),
                                    dien.MaskedGRU(4), dien.DienAttention(4), dien.AuxiliaryNetwork([5])])
 def test_layers_serialize_round_trip(layer):
     clone = layer.__class__.from_config(layer.get_config())

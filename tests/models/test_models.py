@@ -191,6 +191,8 @@ def test_config_is_validated():
         models.ModelConfig(hash_bits=63)
     with pytest.raises(ValueError, match="must be at most 31 .* got 8 x 4"):
         models.ModelConfig(sdim_rounds=8, sdim_bits=4)
+    with pytest.raises(ValueError, match="head_batch_norm must be true or false"):
+        models.ModelConfig(head_batch_norm="yes")
     models.ModelConfig(sdim_rounds=31, sdim_bits=1)  # one code per feature, whatever the feature count
 
 
@@ -343,3 +345,39 @@ def test_one_seed_starts_every_part_two_models_share_alike(build, model_config):
     reseeded = start("sim", 1, gsu="soft")
     for path in ("item_embedding_0/table", "interest_extractor/input_kernel", "stage_two_head/dense_0/kernel"):
         assert not np.array_equal(reseeded[path], soft[path]), path
+
+
+@pytest.mark.parametrize("model_type", models.MODEL_TYPES)
+def test_head_batch_norm_normalises_every_head_only_when_asked(model_type, build, make_features, model_config,
+                                                              tmp_path):
+    """--head_batch_norm puts a BatchNorm before every CTR head (SIM's two stages, the DIN and DIEN heads)
+    and nowhere else; without it the variables, so the checkpoints, are those of before. Its running
+    statistics move in training only, serve prediction, and survive saving."""
+    import dataclasses
+
+    keras.utils.set_random_seed(0)
+    plain = {v.path for v in build(model_type).weights}
+    assert not any("input_norm" in p for p in plain)
+    keras.utils.set_random_seed(0)
+    model = build(model_type, dataclasses.replace(model_config, head_batch_norm=True))
+    heads = [layer for layer in (getattr(model, name, None) for name in ("head", "stage_one_head")) if layer]
+    assert len(heads) == (2 if model_type == "sim" else 1)
+    assert all(head.input_norm is not None for head in heads)
+    added = {v.path for v in model.weights} - plain
+    assert added == {f"{head.name}/input_norm/{name}" for head in heads
+                     for name in ("gamma", "beta", "moving_mean", "moving_variance")}
+    features, labels = make_features(batch=16, seed=9)
+    running = heads[0].input_norm.moving_mean
+    before = running.numpy().copy()
+    predicted = model(features)["prediction"].numpy()
+    np.testing.assert_array_equal(running.numpy(), before)
+    with tf.GradientTape() as tape:
+        loss = total_loss(model(features, training=True), labels)
+    grads = dict(zip([v.path for v in model.trainable_variables], tape.gradient(loss, model.trainable_variables)))
+    assert all(grads[f"{head.name}/input_norm/{n}"] is not None for head in heads for n in ("gamma", "beta"))
+    assert not np.allclose(running.numpy(), before)
+    moved = model(features)["prediction"].numpy()
+    assert not np.allclose(moved, predicted)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    np.testing.assert_array_equal(keras.saving.load_model(path)(features)["prediction"].numpy(), moved)

@@ -137,6 +137,25 @@ def test_train_then_evaluate_and_infer_from_checkpoint(tiny_dataset, tmp_path, m
     assert amp["test_loss"] != final["test_loss"]
 
 
+def test_head_batch_norm_on_two_replicas_evaluates_the_same_from_its_checkpoint(tiny_dataset, tmp_path):
+    """--head_batch_norm under MirroredStrategy: the running statistics the job evaluated with are the ones
+    its checkpoint holds (one value for both replicas), and a job without the flag cannot load it."""
+    results, ckpt = tmp_path / "results", tmp_path / "ckpt"
+    run(["train", *base_flags(tiny_dataset, results, head_batch_norm=True, cpu_replicas=2, save_checkpoint_path=ckpt)])
+    final = summary(read_log(results))
+    weights = checkpoint_weights(ckpt)
+    running = [name for name in weights if "input_norm" in name and "moving_mean" in name]
+    assert len(running) == 2  # stage one and stage two
+    assert all(np.abs(weights[name]).max() > 0 for name in running)
+    assert json.load(open(results / "config.json"))["model"]["head_batch_norm"] is True
+    evaluated = tmp_path / "evaluated"
+    run(["evaluate", *base_flags(tiny_dataset, evaluated, head_batch_norm=True, load_checkpoint_path=ckpt)])
+    assert summary(read_log(evaluated))["test_auc"] == pytest.approx(final["test_auc"], abs=1e-6)
+    plain = run(["evaluate", *base_flags(tiny_dataset, tmp_path / "plain", load_checkpoint_path=ckpt)], check=False)
+    assert plain.returncode != 0 and "Traceback" not in plain.stderr
+    assert "stage_two_head/input_norm/" in plain.stderr and "--head_batch_norm" in plain.stderr
+
+
 def test_sim_learns_the_planted_signal(tiny_dataset, tmp_path):
     """Three tiny epochs (192 steps) take SIM well above chance (AUC 0.5 +- 0.013 on 2,048 samples)."""
     run(["train", *base_flags(tiny_dataset, tmp_path, epochs=3, global_batch_size=256, log_every_steps=64)])
