@@ -56,9 +56,10 @@ def check_no_foreign_weights(model: keras.Model, path: str, model_type: str) -> 
     foreign = sorted(saved - {key.replace(".", "..") for key in variables_by_path(model)})
     if foreign:
         shown = ", ".join(k.replace("..", "/") for k in foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-        raise UserError(f"checkpoint {path!r} holds {len(foreign)} model weight(s) a {model_type} model with these "
-                        f"flags does not have ({shown}): it was trained with other model flags (--gsu, "
-                        f"--head_batch_norm, --attention, ...); pass the flags it was trained with")
+        raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags: it holds "
+                        f"{len(foreign)} model weight(s) that model does not have ({shown}), so it was trained "
+                        f"with another --model_type or other model flags (--gsu, --head_batch_norm, --attention, "
+                        f"...); pass the flags it was trained with")
 
 
 def restore_model_weights(model: keras.Model, path: str, model_type: str) -> None:
