@@ -84,7 +84,7 @@ flags.DEFINE_integer("max_long_history", 1000, "Behaviour-store datasets: the lo
                      "behaviours before the recent ones (soft: all are embedded; hard: searched).", lower_bound=1)
 flags.DEFINE_boolean("head_batch_norm", False, "Batch-normalise the input of every CTR head (SIM's stage one and two, "
                      "the DIN and DIEN heads), as the DIN and DIEN authors' code does; off, as in the recipe. On the "
-                     "lifelong preset it lets SIM learn the recent behaviours' order on every seed (docs/models.md).")
+                     "lifelong preset it raised ETA, SDIM, TWIN and hard, and lowered soft (docs/models.md).")
 flags.DEFINE_enum("attention", "dot", list(ATTENTION_KINDS), "Target attention: dot (the recipe's) or din (the DIN paper's activation unit).")
 flags.DEFINE_integer("steps_per_loop", 0, "Training steps run inside one tf.function call between host-side logging (0: 50 with GPUs, which would idle during the host's syncs between calls; 1 on CPUs).", lower_bound=0)
 flags.DEFINE_integer("num_parallel_reads", 0, "Data files read in parallel per input pipeline (0: one per core, 4 to 32).", lower_bound=0)
