@@ -2,6 +2,7 @@
 
   sim-tf train --dataset_dir D --global_batch_size 4096 --benchmark --profile_steps 10,13 --results_dir R
   sim-tf profile R/tensorboard
+  sim-tf inference --dataset_dir D --random_init --benchmark --profile_steps 10,13 --results_dir R   (prediction)
 """
 
 from __future__ import annotations

@@ -198,8 +198,8 @@ class MLP(keras.layers.Layer):
 
     PReLU has one slope per unit, initialised to 0.1. With ``dropout_rate`` > 0, dropout is applied to
     the last hidden layer's output (before the logit). With ``input_norm``, the input first goes through
-    :class:`BatchNorm`, as in the MLPs of the DIN and DIEN authors' code (the recipe's has none). Input
-    [B, D] -> logit [B] float32.
+    :class:`BatchNorm`, where the MLPs of the DIN and DIEN authors' code have one (theirs is never run in
+    training mode, so it acts as a fixed affine map; the recipe's has none). Input [B, D] -> logit [B] float32.
     """
 
     def __init__(self, hidden_units: Sequence[int], dropout_rate: float = -1.0, input_norm: bool = False, **kwargs):

@@ -37,16 +37,19 @@ class Evaluator:
 
         return predict
 
-    def predict(self, mapping: str = "test", timed: bool = False, batches: int | None = None):
+    def predict(self, mapping: str = "test", timed: bool = False, batches: int | None = None, profiler=None):
         """Runs the model over a whole mapping, or over ``batches`` global batches of it repeated.
 
         Returns (probabilities, labels, users, [(seconds, samples) per global batch] when ``timed``).
+        ``profiler`` (run_log.Profiler) is told each global batch's index before it runs.
         """
         if self._predict_fn is None:
             self._predict_fn = self._compiled_predict()
         iterator = iter(self.datasets(mapping, forever=batches is not None))
         probabilities, labels, users, latencies = [], [], [], []
         while batches is None or len(labels) < batches:
+            if profiler is not None:
+                profiler.at_step(len(labels))
             started = time.perf_counter()
             optional = iterator.get_next_as_optional()
             if not bool(optional.has_value()):
@@ -76,14 +79,15 @@ class Evaluator:
         result["seconds"] = time.perf_counter() - started
         return result
 
-    def inference(self, benchmark: bool, warmup_batches: int, batches: int) -> dict:
+    def inference(self, benchmark: bool, warmup_batches: int, batches: int, profiler=None) -> dict:
         """Predicts the test split once and reports its metrics and speed (the first batch, which pays for
         tracing, is not timed). With ``benchmark`` it instead predicts ``warmup_batches + batches`` batches of
-        the test split repeated, and times the last ``batches`` only.
+        the test split repeated, and times the last ``batches`` only. ``profiler`` traces the batches of its
+        window (batches counted from 0, warm-up included).
         """
         started = time.perf_counter()
         probabilities, labels, users, timings = self.predict(
-            "test", timed=True, batches=warmup_batches + batches if benchmark else None)
+            "test", timed=True, batches=warmup_batches + batches if benchmark else None, profiler=profiler)
         total = time.perf_counter() - started
         skip = min(warmup_batches if benchmark else 1, len(timings) - 1)
         measured = timings[skip:]

@@ -83,7 +83,8 @@ flags.DEFINE_integer("twin_heads", 4, "--gsu twin: attention heads, each --embed
 flags.DEFINE_integer("max_long_history", 1000, "Behaviour-store datasets: the long history spans at most this many "
                      "behaviours before the recent ones (soft: all are embedded; hard: searched).", lower_bound=1)
 flags.DEFINE_boolean("head_batch_norm", False, "Batch-normalise the input of every CTR head (SIM's stage one and two, "
-                     "the DIN and DIEN heads), as the DIN and DIEN authors' code does; off, as in the recipe. On the "
+                     "the DIN and DIEN heads), where the DIN and DIEN authors' code has one (theirs never runs in training "
+                     "mode, so it acts as a fixed affine map); off, as in the recipe. On the "
                      "lifelong preset it raised ETA, SDIM, TWIN and hard, and lowered soft (docs/models.md).")
 flags.DEFINE_enum("attention", "dot", list(ATTENTION_KINDS), "Target attention: dot (the recipe's) or din (the DIN paper's activation unit).")
 flags.DEFINE_integer("steps_per_loop", 0, "Training steps run inside one tf.function call between host-side logging (0: 50 with GPUs, which would idle during the host's syncs between calls; 1 on CPUs).", lower_bound=0)
@@ -92,7 +93,7 @@ flags.DEFINE_boolean("gpu_memory_growth", False, "Allocate GPU memory as it is n
 flags.DEFINE_integer("eval_every_steps", 0, "Also evaluate every this many steps (0: only at epoch ends).")
 flags.DEFINE_integer("log_every_steps", 100, "Log the training loss and throughput every this many steps.")
 flags.DEFINE_string("tensorboard_dir", "", "TensorBoard log directory (default: RESULTS_DIR/tensorboard).")
-flags.DEFINE_string("profile_steps", "", "Profile steps START,END with the TensorBoard profiler (needs the `profile` extra to view).")
+flags.DEFINE_string("profile_steps", "", "Profile training steps START..END-1 (in --mode inference: prediction batches, warm-up counted) with the TensorBoard profiler; `sim-tf profile` lists the top ops (the `profile` extra views it in TensorBoard).")
 flags.DEFINE_integer("shuffle_buffer", 0, "Records in the training shuffle buffer (0: 8 batches' worth, at most 65,536).")
 flags.DEFINE_boolean("deterministic", False, "Deterministic ops (TensorFlow's op determinism) and input order: bit-identical results across runs. Without it, input order is still kept on CPUs; on GPUs tf.data may hand out whichever batch is ready first.")
 flags.DEFINE_boolean("evaluate_train", False, "Also evaluate on the training split at each evaluation.")

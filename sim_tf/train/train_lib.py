@@ -78,7 +78,8 @@ def run_mode(trainer: Trainer) -> dict:
                 raise UserError(f"--mode {c.mode} needs a trained model: pass --load_checkpoint_path (a checkpoint or "
                                 f"a folder of them), or --random_init to measure speed with random weights")
             if c.mode == "inference":
-                summary = trainer.evaluator.inference(c.benchmark, c.benchmark_warmup_steps, c.benchmark_steps)
+                summary = trainer.evaluator.inference(c.benchmark, c.benchmark_warmup_steps, c.benchmark_steps,
+                                                     profiler=trainer.profiler)
             else:
                 result = trainer.evaluator.evaluate("test")
                 summary = {"test_auc": result["auc"], "test_loss": result["loss"], "test_gauc": result["gauc"],

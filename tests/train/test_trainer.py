@@ -235,10 +235,14 @@ def test_benchmark_mode_with_more_warmup_than_an_epoch(tiny_dataset, tmp_path):
 
 
 def test_inference_with_random_weights_and_profile(tiny_dataset, tmp_path):
-    run(["inference", *base_flags(tiny_dataset, tmp_path, random_init=True, benchmark=True, benchmark_warmup_steps=1)])
+    run(["inference", *base_flags(tiny_dataset, tmp_path, random_init=True, benchmark=True, benchmark_warmup_steps=1,
+                                  profile_steps="3,5")])
     inferred = summary(read_log(tmp_path))
     assert inferred["measured_batches"] == 200 and inferred["samples"] == 201 * 512  # --benchmark_steps default
     assert inferred["throughput"] == pytest.approx(512 * 1000 / inferred["latency_mean_ms"], rel=1e-9)
+    # --profile_steps traces prediction batches in inference mode, as it traces steps in training.
+    predicted = profile_summary.op_times(profile_summary.find_trace(str(tmp_path / "tensorboard")))
+    assert predicted.total_ms > 0 and not any("Apply" in kind or "Grad" in kind for kind in predicted.by_type)
     profiled = tmp_path / "profiled"
     run(["train", *base_flags(tiny_dataset, profiled, model_type="din", profile_steps="2,4")])
     traces = [f for _, _, files in os.walk(profiled / "tensorboard" / "plugins" / "profile") for f in files]
