@@ -37,8 +37,8 @@ def find_trace(logdir: str) -> str:
     traces = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
     if not traces:
         raise UserError(
-            f"no profiler trace (*.xplane.pb) under {logdir!r}: run train or inference with --profile_steps START,END and pass "
-            f"the run's TensorBoard folder (--tensorboard_dir, default RESULTS_DIR/tensorboard)"
+            f"no profiler trace (*.xplane.pb) under {logdir!r}: run train, evaluate or inference with --profile_steps "
+            f"START,END and pass the run's TensorBoard folder (--tensorboard_dir, default RESULTS_DIR/tensorboard)"
         )
     return max(traces, key=os.path.getmtime)
 

@@ -71,10 +71,11 @@ class Evaluator:
                                "no metrics are reported on part of a split")
         return np.concatenate(probabilities), np.concatenate(labels), np.concatenate(users), latencies
 
-    def evaluate(self, mapping: str = "test") -> dict:
-        """AUC, GAUC, log loss, ROC and PR curves of ``mapping``, with the sample count and seconds taken."""
+    def evaluate(self, mapping: str = "test", profiler=None) -> dict:
+        """AUC, GAUC, log loss, ROC and PR curves of ``mapping``, with the sample count and seconds taken;
+        ``profiler`` as in :meth:`predict`."""
         started = time.perf_counter()
-        probabilities, labels, users, _ = self.predict(mapping)
+        probabilities, labels, users, _ = self.predict(mapping, profiler=profiler)
         result = self.task.evaluate_predictions(labels, probabilities, users, curves=True)
         result["seconds"] = time.perf_counter() - started
         return result

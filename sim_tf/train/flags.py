@@ -93,7 +93,7 @@ flags.DEFINE_boolean("gpu_memory_growth", False, "Allocate GPU memory as it is n
 flags.DEFINE_integer("eval_every_steps", 0, "Also evaluate every this many steps (0: only at epoch ends).")
 flags.DEFINE_integer("log_every_steps", 100, "Log the training loss and throughput every this many steps.")
 flags.DEFINE_string("tensorboard_dir", "", "TensorBoard log directory (default: RESULTS_DIR/tensorboard).")
-flags.DEFINE_string("profile_steps", "", "Profile training steps START..END-1 (in --mode inference: prediction batches, warm-up counted) with the TensorBoard profiler; `sim-tf profile` lists the top ops (the `profile` extra views it in TensorBoard).")
+flags.DEFINE_string("profile_steps", "", "Profile training steps START..END-1 (in --mode inference or evaluate: prediction batches, from 0, warm-up counted) with the TensorBoard profiler; `sim-tf profile` lists the top ops (the `profile` extra views it in TensorBoard).")
 flags.DEFINE_integer("shuffle_buffer", 0, "Records in the training shuffle buffer (0: 8 batches' worth, at most 65,536).")
 flags.DEFINE_boolean("deterministic", False, "Deterministic ops (TensorFlow's op determinism) and input order: bit-identical results across runs. Without it, input order is still kept on CPUs; on GPUs tf.data may hand out whichever batch is ready first.")
 flags.DEFINE_boolean("evaluate_train", False, "Also evaluate on the training split at each evaluation.")

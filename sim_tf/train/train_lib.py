@@ -81,7 +81,7 @@ def run_mode(trainer: Trainer) -> dict:
                 summary = trainer.evaluator.inference(c.benchmark, c.benchmark_warmup_steps, c.benchmark_steps,
                                                      profiler=trainer.profiler)
             else:
-                result = trainer.evaluator.evaluate("test")
+                result = trainer.evaluator.evaluate("test", profiler=trainer.profiler)
                 summary = {"test_auc": result["auc"], "test_loss": result["loss"], "test_gauc": result["gauc"],
                            "samples": result["samples"]}
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:

@@ -243,6 +243,8 @@ def test_inference_with_random_weights_and_profile(tiny_dataset, tmp_path):
     # --profile_steps traces prediction batches in inference mode, as it traces steps in training.
     predicted = profile_summary.op_times(profile_summary.find_trace(str(tmp_path / "tensorboard")))
     assert predicted.total_ms > 0 and not any("Apply" in kind or "Grad" in kind for kind in predicted.by_type)
+    run(["evaluate", *base_flags(tiny_dataset, tmp_path / "evaluated", random_init=True, profile_steps="0,2")])
+    assert profile_summary.op_times(profile_summary.find_trace(str(tmp_path / "evaluated" / "tensorboard"))).total_ms > 0
     profiled = tmp_path / "profiled"
     run(["train", *base_flags(tiny_dataset, profiled, model_type="din", profile_steps="2,4")])
     traces = [f for _, _, files in os.walk(profiled / "tensorboard" / "plugins" / "profile") for f in files]
