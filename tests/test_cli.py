@@ -113,3 +113,33 @@ def test_a_normal_run_prints_no_tensorflow_start_up_lines(tmp_path):
                               "--output", str(tmp_path / "e"), "--train_samples", "300"], capture_output=True, text=True,
                              env=_clean_env(), timeout=300)
     assert verbose.returncode == 0 and "oneDNN" in verbose.stderr  # still there when asked for
+
+
+@pytest.mark.parametrize(
+    "args,normalised",
+    [
+        ([], False),  # SIM soft: the recipe's head
+        (["--gsu=hard"], True),
+        (["--gsu=eta"], True),
+        (["--gsu=sdim"], True),
+        (["--gsu=twin"], True),
+        (["--gsu=eta", "--nohead_batch_norm"], False),
+        (["--head_batch_norm"], True),
+        (["--model_type=din", "--gsu=eta"], False),
+        (["--model_type=dien"], False),
+    ],
+)
+def test_head_batch_norm_defaults_by_search_unit_and_the_flag_overrides_it(args, normalised):
+    """Unset, --head_batch_norm is on for SIM's hard search and the successors and off for soft, DIN and
+    DIEN; given either way, the flag decides."""
+    from absl import flags
+
+    from sim_tf.train import flags as trainer_flags
+
+    values = flags.FLAGS
+    values.unparse_flags()
+    values(["sim-tf", "--dataset_dir=unused", *args])
+    try:
+        assert trainer_flags.config_from_flags("train").model.head_batch_norm is normalised
+    finally:
+        values.unparse_flags()

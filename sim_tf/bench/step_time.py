@@ -36,6 +36,7 @@ def main() -> None:
     import tensorflow as tf
 
     from sim_tf.train import train_lib
+    from sim_tf.models.config import default_head_batch_norm
     from sim_tf.models.models import ModelConfig
     from sim_tf.train.config import TrainConfig
 
@@ -43,7 +44,8 @@ def main() -> None:
         mode="train", model_type=args.model_type, dataset_dir=args.dataset_dir, optimizer=args.optimizer,
         global_batch_size=args.global_batch_size, long_seq_length=args.long_seq_length, amp=args.amp,
         xla=args.xla, benchmark=True, results_dir="/tmp/sim_tf.bench.step_time",
-        model=ModelConfig(gsu=args.gsu, top_k=min(50, args.max_long_history)), max_long_history=args.max_long_history,
+        model=ModelConfig(gsu=args.gsu, top_k=min(50, args.max_long_history),
+                          head_batch_norm=default_head_batch_norm(args.model_type, args.gsu)), max_long_history=args.max_long_history,
     )
     trainer = train_lib.create_trainer(config, echo=None)
     features, labels = batch = next(iter(trainer.datasets("train", 0)))

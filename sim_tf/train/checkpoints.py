@@ -58,8 +58,8 @@ def check_no_foreign_weights(model: keras.Model, path: str, model_type: str) -> 
         shown = ", ".join(k.replace("..", "/") for k in foreign[:4]) + (", ..." if len(foreign) > 4 else "")
         raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags: it holds "
                         f"{len(foreign)} model weight(s) that model does not have ({shown}), so it was trained "
-                        f"with another --model_type or other model flags (--gsu, --head_batch_norm, --attention, "
-                        f"...); pass the flags it was trained with")
+                        f"with another --model_type or other model flags (--gsu, --head_batch_norm, whose default depends "
+                        f"on --gsu, --attention, ...); pass the flags it was trained with")
 
 
 def restore_model_weights(model: keras.Model, path: str, model_type: str) -> None:
@@ -76,7 +76,8 @@ def restore_model_weights(model: keras.Model, path: str, model_type: str) -> Non
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags "
-                        f"(--model_type, --embedding_dim, MLP sizes, --attention): {brief(e)}") from None
+                        f"(--model_type, --embedding_dim, MLP sizes, --attention, --gsu, --head_batch_norm, whose default "
+                        f"depends on --gsu): {brief(e)}") from None
 
 
 class TrainingCheckpoints:

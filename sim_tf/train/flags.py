@@ -15,7 +15,7 @@ from absl import flags
 from sim_tf.distribute import STRATEGIES
 from sim_tf.errors import UserError
 from sim_tf.models import ATTENTION_KINDS, GSU_KINDS, MODEL_TYPES
-from sim_tf.models.config import ModelConfig
+from sim_tf.models.config import ModelConfig, default_head_batch_norm
 from sim_tf.train.config import AMP_DTYPES, MODES, OPTIMIZERS, TrainConfig
 
 FLAGS = flags.FLAGS
@@ -82,10 +82,11 @@ flags.DEFINE_integer("sdim_bits", 3, "--gsu sdim: hyperplanes per hash function 
 flags.DEFINE_integer("twin_heads", 4, "--gsu twin: attention heads, each --embedding_dim wide.", lower_bound=1)
 flags.DEFINE_integer("max_long_history", 1000, "Behaviour-store datasets: the long history spans at most this many "
                      "behaviours before the recent ones (soft: all are embedded; hard: searched).", lower_bound=1)
-flags.DEFINE_boolean("head_batch_norm", False, "Batch-normalise the input of every CTR head (SIM's stage one and two, "
+flags.DEFINE_boolean("head_batch_norm", None, "Batch-normalise the input of every CTR head (SIM's stage one and two, "
                      "the DIN and DIEN heads), where the DIN and DIEN authors' code has one (theirs never runs in training "
-                     "mode, so it acts as a fixed affine map); off, as in the recipe. On the "
-                     "lifelong preset it raised ETA, SDIM, TWIN and hard, and lowered soft (docs/models.md).")
+                     "mode, so it acts as a fixed affine map). Default (auto): on for SIM with --gsu hard, eta, sdim or "
+                     "twin, which it raised on the lifelong preset; off for soft, which it lowered, and for DIN and DIEN, "
+                     "as in the recipe (docs/models.md). --head_batch_norm / --nohead_batch_norm decide it.")
 flags.DEFINE_enum("attention", "dot", list(ATTENTION_KINDS), "Target attention: dot (the recipe's) or din (the DIN paper's activation unit).")
 flags.DEFINE_integer("steps_per_loop", 0, "Training steps run inside one tf.function call between host-side logging (0: 50 with GPUs, which would idle during the host's syncs between calls; 1 on CPUs).", lower_bound=0)
 flags.DEFINE_integer("num_parallel_reads", 0, "Data files read in parallel per input pipeline (0: one per core, 4 to 32).", lower_bound=0)
@@ -134,7 +135,8 @@ def config_from_flags(mode: str | None = None) -> TrainConfig:
             stage_two_mlp_dims=_int_list("stage_two_mlp_dims", FLAGS.stage_two_mlp_dims),
             aux_mlp_dims=_int_list("aux_mlp_dims", FLAGS.aux_mlp_dims),
             dropout_rate=FLAGS.dropout_rate,
-            head_batch_norm=FLAGS.head_batch_norm,
+            head_batch_norm=(FLAGS.head_batch_norm if FLAGS.head_batch_norm is not None
+                             else default_head_batch_norm(FLAGS.model_type, FLAGS.gsu)),
             top_k=FLAGS.top_k,
             attention=FLAGS.attention,
             gsu=FLAGS.gsu,

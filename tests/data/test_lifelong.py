@@ -101,10 +101,13 @@ def test_a_long_history_model_trains_and_serves_what_it_was_trained_on(lifelong,
     from sim_tf.serve import export, predict
     from sim_tf.train import train_lib
     from sim_tf.train.config import TrainConfig
+    from sim_tf.models.config import default_head_batch_norm
     from sim_tf.models.models import ModelConfig
 
+    # Each unit with its default head (batch-normalised for all but soft), as `sim-tf train --gsu` builds it.
+    model_config = ModelConfig(embedding_dim=4, top_k=16, gsu=gsu, head_batch_norm=default_head_batch_norm("sim", gsu))
     config = TrainConfig(dataset_dir=lifelong.base_directory, global_batch_size=256, epochs=1,
-                         model=ModelConfig(embedding_dim=4, top_k=16, gsu=gsu), max_long_history=LONG,
+                         model=model_config, max_long_history=LONG,
                          results_dir=str(tmp_path / "run"), seed=1)
     trainer = train_lib.create_trainer(config, echo=None)
     summary = train_lib.run_mode(trainer)
@@ -183,7 +186,8 @@ def test_a_store_that_no_longer_matches_its_samples_stops_training_with_one_mess
 def test_two_replicas_mixed_precision_and_a_checkpoint_on_a_store_dataset(lifelong, tmp_path, gsu):
     """`sim-tf train` with MirroredStrategy over two CPU replicas and --amp on store-backed data (a
     subprocess: the CPU must be split before TensorFlow starts); `sim-tf evaluate` of the saved checkpoint
-    reproduces the run's own test AUC (for ETA: its fixed hyperplanes are saved and restored too)."""
+    reproduces the run's own test AUC (for ETA: its fixed hyperplanes are saved and restored too; both units
+    batch-normalise their heads by default, so the running statistics are too)."""
     import json
     import subprocess
     import sys
@@ -200,5 +204,8 @@ def test_two_replicas_mixed_precision_and_a_checkpoint_on_a_store_dataset(lifelo
             return [json.loads(line) for line in f if '"summary"' in line][-1]
 
     trained = run("train", tmp_path / "run", "--epochs=1", f"--save_checkpoint_path={tmp_path / 'ckpt'}")
+    # hard and ETA normalise their heads unless told otherwise; evaluate resolves the same default.
+    with open(tmp_path / "run" / "config.json") as f:
+        assert json.load(f)["model"]["head_batch_norm"] is True
     evaluated = run("evaluate", tmp_path / "eval", f"--load_checkpoint_path={tmp_path / 'ckpt'}")
     assert evaluated["test_auc"] == pytest.approx(trained["test_auc"], abs=1e-6)
