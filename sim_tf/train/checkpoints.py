@@ -42,6 +42,12 @@ def find_checkpoint(path: str) -> str:
     return path
 
 
+# The flags that decide which weights a model has, named by every checkpoint-mismatch message: a checkpoint
+# restores only into a model built with the same ones.
+MODEL_FLAGS = ("--model_type, --embedding_dim, the MLP sizes, --attention, --gsu and --head_batch_norm (whose "
+               "default depends on --gsu)")
+
+
 def check_no_foreign_weights(model: keras.Model, path: str, model_type: str) -> None:
     """Refuses a checkpoint that holds model weights ``model`` does not have (its flags built other parts:
     --head_batch_norm, --gsu, ...): TensorFlow restores the weights a model asks for and ignores the rest,
@@ -58,8 +64,7 @@ def check_no_foreign_weights(model: keras.Model, path: str, model_type: str) -> 
         shown = ", ".join(k.replace("..", "/") for k in foreign[:4]) + (", ..." if len(foreign) > 4 else "")
         raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags: it holds "
                         f"{len(foreign)} model weight(s) that model does not have ({shown}), so it was trained "
-                        f"with another --model_type or other model flags (--gsu, --head_batch_norm, whose default depends "
-                        f"on --gsu, --attention, ...); pass the flags it was trained with")
+                        f"with other model flags ({MODEL_FLAGS}); pass the flags it was trained with")
 
 
 def restore_model_weights(model: keras.Model, path: str, model_type: str) -> None:
@@ -76,8 +81,7 @@ def restore_model_weights(model: keras.Model, path: str, model_type: str) -> Non
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise UserError(f"checkpoint {path!r} does not fit a {model_type} model with these flags "
-                        f"(--model_type, --embedding_dim, MLP sizes, --attention, --gsu, --head_batch_norm, whose default "
-                        f"depends on --gsu): {brief(e)}") from None
+                        f"({MODEL_FLAGS}): {brief(e)}") from None
 
 
 class TrainingCheckpoints:
@@ -154,7 +158,7 @@ class TrainingCheckpoints:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
             raise UserError(f"checkpoint {path!r} cannot be resumed by this run: it is unreadable or was written "
-                            f"for another model (--model_type, --embedding_dim, MLP sizes) or optimizer: {brief(e)}; "
+                            f"for another model ({MODEL_FLAGS}) or optimizer: {brief(e)}; "
                             f"use another --save_checkpoint_path for a new run") from None
 
     def restore_latest_or(self, load_path: str, model: keras.Model, model_type: str, training: bool,
