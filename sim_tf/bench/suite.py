@@ -3,8 +3,8 @@
 A *case* is (model, preset, mode, config). Each case runs ``repeats`` times, each time in a fresh process
 (so compilation caches, allocator state and peak memory are per run), through the same commands a user
 runs: ``sim-tf train --benchmark``, ``sim-tf inference --benchmark --random_init``, or, for mode ``auc``,
-one real epoch of ``sim-tf train`` followed by its test evaluation (repeat r with ``--seed=r``). Repeats
-run round-robin over the cases. The result of a case is the median and the spread (min, max) of its runs,
+one real epoch of ``sim-tf train`` followed by its test evaluation (repeat r with
+``--seed=first_seed + r``). Repeats run round-robin over the cases. The result of a case is the median and the spread (min, max) of its runs,
 with every run kept in the JSON.
 """
 
@@ -72,6 +72,7 @@ class Settings:
     warmup_steps: int = 5
     steps: int = 30
     repeats: int = 3
+    first_seed: int = 0  # auc runs: repeat r trains with --seed=first_seed + r
     optimizer: str | None = None  # None: the trainer's default
     extra_flags: tuple[str, ...] = ()
     timeout_s: float = 3600.0
@@ -145,7 +146,7 @@ def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: 
     """The `sim-tf` command line (after the program name) that runs repeat number ``repeat`` of ``case``.
 
     An ``auc`` run is deterministic for a given seed, so its repeats differ in seed (repeat r trains with
-    ``--seed=r``: another initialisation and shuffle of the same data); their AUC range is the
+    ``--seed=first_seed + r``: another initialisation and shuffle of the same data); their AUC range is the
     seed-to-seed spread that a difference between two configurations has to exceed to mean anything.
     """
     command = "inference" if case.mode == "inference" else "train"
@@ -164,7 +165,7 @@ def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: 
         *CONFIGS[case.config],
     ]
     if case.mode == "auc":
-        args += ["--epochs=1", f"--seed={repeat}"]
+        args += ["--epochs=1", f"--seed={settings.first_seed + repeat}"]
     else:
         args += ["--benchmark", f"--benchmark_warmup_steps={settings.warmup_steps}",
                  f"--benchmark_steps={settings.steps}"]

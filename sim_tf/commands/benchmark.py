@@ -31,7 +31,7 @@ flags.DEFINE_list("presets", ["small"], "Synthetic presets to measure on (tiny, 
                   "convergence.")
 flags.DEFINE_list("modes", ["train", "inference"], "train: --benchmark training steps; inference: --benchmark "
                   "prediction batches of the test split (random weights); auc: one real epoch + test AUC (repeat r "
-                  "trains with --seed=r, so the AUC range is the seed-to-seed spread).")
+                  "trains with --seed=first_seed+r, so the AUC range is the seed-to-seed spread).")
 flags.DEFINE_list("gsus", ["soft", "hard"], "Behaviour-store presets only: SIM's search units to measure (DIN and "
                   "DIEN always get the whole long history).")
 flags.DEFINE_list("long_histories", ["100", "1000", "10000"], "Behaviour-store presets only: long-history spans "
@@ -41,6 +41,9 @@ flags.DEFINE_list("configs", ["fp32", "amp"], f"Precision/compilation settings, 
 flags.DEFINE_integer("repeats", 3, "Runs per case, each in a fresh process, round-robin over the cases; the table "
                      "shows their median and range.",
                      lower_bound=1)
+flags.DEFINE_integer("first_seed", 0, "auc runs: the first repeat's --seed (repeat r trains with --seed=first_seed+r). "
+                     "Fresh seeds for a replication that must not reuse the seeds a choice was made on; "
+                     "`sim-tf benchmark-compare` pairs runs by the seed each trained with.", lower_bound=0)
 flags.DEFINE_integer("global_batch_size", 4096, "Global batch size of every run.", lower_bound=1)
 flags.DEFINE_integer("warmup_steps", 5, "Untimed steps (train) or batches (inference) per run.", lower_bound=0)
 flags.DEFINE_integer("steps", 30, "Timed steps or batches per run.", lower_bound=1)
@@ -69,6 +72,7 @@ def main(argv):
         warmup_steps=FLAGS.warmup_steps,
         steps=FLAGS.steps,
         repeats=FLAGS.repeats,
+        first_seed=FLAGS.first_seed,
         optimizer=FLAGS.optimizer,
         extra_flags=extra,
         timeout_s=FLAGS.timeout_s,

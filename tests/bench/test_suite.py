@@ -1,5 +1,6 @@
 """sim-tf benchmark: the case matrix, the statistics, and a real (tiny) run end to end."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -35,6 +36,11 @@ def test_trainer_args_follow_the_mode_and_config():
     assert "--epochs=1" in auc and "--benchmark" not in auc and "--seed=0" in auc
     # Repeats of a deterministic AUC run differ in seed, or they would all print the same number.
     assert "--seed=2" in bench.trainer_args(bench.Case("din", "small", "auc", "fp32"), settings, "/d", "/r", repeat=2)
+    # --first_seed moves the whole range (a replication on seeds no earlier choice has seen).
+    fresh = dataclasses.replace(settings, first_seed=5)
+    seeds = [a for r in range(3) for a in bench.trainer_args(bench.Case("din", "small", "auc", "fp32"), fresh, "/d", "/r",
+                                                             repeat=r) if a.startswith("--seed=")]
+    assert seeds == ["--seed=5", "--seed=6", "--seed=7"]
 
 
 def test_a_dataset_folder_can_stand_for_a_preset(tiny_dataset, tmp_path):
