@@ -1,11 +1,12 @@
 """Two benchmark results side by side: throughput ratios and *paired* AUC differences.
 
 `sim-tf benchmark --modes auc` trains repeat r with ``--seed=first_seed + r`` (``--first_seed``, 0 by
-default). Two configurations (or two checkouts) run with the same seed start from the same weights and see the same batches, so their AUCs pair up by
-seed; the difference of a pair is what an optimisation did to that seed. One pair says little when
-training is chaotic: a change that only reorders float sums can move a seed's one-epoch AUC by more than
-the seed-to-seed spread. So each comparison reports the per-seed differences *and* their mean with a 95%
-confidence interval (Student's t over the pairs), next to the base's seed-to-seed standard deviation.
+default). Two configurations (or two checkouts) run with the same seed start from the same weights and
+see the same batches, so their AUCs pair up by seed; the difference of a pair is what an optimisation
+did to that seed. One pair says little when training is chaotic: a change that only reorders float sums
+can move a seed's one-epoch AUC by more than the seed-to-seed spread. So each comparison reports the
+per-seed differences *and* their mean with a 95% confidence interval (Student's t over the pairs), next
+to the base's seed-to-seed standard deviation.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A *case* is (model, preset, mode, config). Each case runs ``repeats`` times, eac
 (so compilation caches, allocator state and peak memory are per run), through the same commands a user
 runs: ``sim-tf train --benchmark``, ``sim-tf inference --benchmark --random_init``, or, for mode ``auc``,
 one real epoch of ``sim-tf train`` followed by its test evaluation (repeat r with
-``--seed=first_seed + r``). Repeats run round-robin over the cases. The result of a case is the median and the spread (min, max) of its runs,
-with every run kept in the JSON.
+``--seed=first_seed + r``). Repeats run round-robin over the cases. The result of a case is the median
+and the spread (min, max) of its runs, with every run kept in the JSON.
 """
 
 from __future__ import annotations

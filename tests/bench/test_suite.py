@@ -38,8 +38,8 @@ def test_trainer_args_follow_the_mode_and_config():
     assert "--seed=2" in bench.trainer_args(bench.Case("din", "small", "auc", "fp32"), settings, "/d", "/r", repeat=2)
     # --first_seed moves the whole range (a replication on seeds no earlier choice has seen).
     fresh = dataclasses.replace(settings, first_seed=5)
-    seeds = [a for r in range(3) for a in bench.trainer_args(bench.Case("din", "small", "auc", "fp32"), fresh, "/d", "/r",
-                                                             repeat=r) if a.startswith("--seed=")]
+    case = bench.Case("din", "small", "auc", "fp32")
+    seeds = [a for r in range(3) for a in bench.trainer_args(case, fresh, "/d", "/r", repeat=r) if a.startswith("--seed=")]
     assert seeds == ["--seed=5", "--seed=6", "--seed=7"]
 
 
