@@ -69,8 +69,9 @@ def load_report(path: str) -> dict:
 
 
 def seed_of(run: dict, index: int) -> int:
-    """The seed a run trained with: its command's ``--seed=N``, else its repeat index (which is the seed)."""
-    found = re.search(r"--seed=(\d+)", run.get("command", ""))
+    """The seed a run trained with: its command's ``--seed=N`` (ours) or ``--seed N`` (the recipe's), else its
+    repeat index (a report from before runs kept their command, when repeat r trained with seed r)."""
+    found = re.search(r"--seed[= ](\d+)", run.get("command", ""))
     return int(found.group(1)) if found else index
 
 

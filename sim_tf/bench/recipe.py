@@ -70,7 +70,7 @@ def recipe_args(case, settings, dataset_dir: str, long_seq_length: int | None, r
     mode = "inference" if case.mode == "inference" else "train"
     args = ["--mode", mode, "--model_type", case.model, "--global_batch_size", str(batch),
             "--embedding_dim", "16", "--lr", "0.01", "--optimizer", settings.optimizer or "adam",
-            "--seed", str(repeat if case.mode == "auc" else 1)]
+            "--seed", str(settings.auc_seed(repeat) if case.mode == "auc" else 1)]
     if long_seq_length is not None:
         args += ["--long_seq_length", str(long_seq_length)]
     if prebatch > 1:

@@ -79,6 +79,10 @@ class Settings:
     sim_tf_path: str | None = None  # run another checkout of sim-tf (before/after comparisons)
     recipe: str | None = None  # the recipe's runner (bench/recipe.py): adds its runs as the "recipe" config
 
+    def auc_seed(self, repeat: int) -> int:
+        """The --seed of repeat ``repeat`` of an auc run, ours or the recipe's."""
+        return self.first_seed + repeat
+
 
 def is_store_preset(preset: str) -> bool:
     """Whether ``preset`` is a behaviour-store dataset (the lifelong presets, or a folder whose FeatureSpec
@@ -165,7 +169,7 @@ def trainer_args(case: Case, settings: Settings, dataset_dir: str, results_dir: 
         *CONFIGS[case.config],
     ]
     if case.mode == "auc":
-        args += ["--epochs=1", f"--seed={settings.first_seed + repeat}"]
+        args += ["--epochs=1", f"--seed={settings.auc_seed(repeat)}"]
     else:
         args += ["--benchmark", f"--benchmark_warmup_steps={settings.warmup_steps}",
                  f"--benchmark_steps={settings.steps}"]

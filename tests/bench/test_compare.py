@@ -84,6 +84,7 @@ def test_throughput_cases_compare_without_auc():
 
 def test_seed_comes_from_the_command_or_the_repeat_index():
     assert bench_compare.seed_of({"command": "sim-tf train --seed=7 --epochs=1"}, 0) == 7
+    assert bench_compare.seed_of({"command": "run.sh --mode train --seed 8 --epochs 1"}, 0) == 8  # the recipe's
     assert bench_compare.seed_of({}, 4) == 4
 
 

@@ -52,6 +52,10 @@ def test_recipe_args_mirror_our_run_of_the_case(tmp_path):
     assert infer[:2] == ["--mode", "inference"] and "--epochs" not in infer and "--long_seq_length" not in infer
     auc = recipe.recipe_args(bench.Case("dien", "small", "auc", "recipe"), bench.Settings(warmup_steps=60), data, 90, repeat=3)
     assert "--seed 3" in " ".join(auc) and auc[-4:] == ["--epochs", "1", "--benchmark_warmup_steps", "47"]
+    # --first_seed moves the recipe's seeds with ours, so its runs still pair with ours by seed.
+    fresh = recipe.recipe_args(bench.Case("dien", "small", "auc", "recipe"), bench.Settings(first_seed=5), data, 90,
+                               repeat=3)
+    assert "--seed 8" in " ".join(fresh)
     assert "--benchmark" not in auc
 
 
