@@ -5,8 +5,8 @@ default). Two configurations (or two checkouts) run with the same seed start fro
 see the same batches, so their AUCs pair up by seed; the difference of a pair is what an optimisation
 did to that seed. One pair says little when training is chaotic: a change that only reorders float sums
 can move a seed's one-epoch AUC by more than the seed-to-seed spread. So each comparison reports the
-per-seed differences *and* their mean with a 95% confidence interval (Student's t over the pairs), next
-to the base's seed-to-seed standard deviation.
+per-seed differences *and* their mean with a confidence interval (Student's t over the pairs; 95% unless
+``--confidence`` says otherwise), next to the base's seed-to-seed standard deviation.
 """
 
 from __future__ import annotations
@@ -20,10 +20,6 @@ import statistics
 from sim_tf.bench.suite import dataset_label, text_table
 from sim_tf.errors import UserError
 
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; larger samples use the normal's.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
 _CASE_KEYS = ("model", "preset", "mode", "config")
 
 
@@ -39,12 +35,72 @@ def variant(case_or_key) -> str:
     return f"{config} {gsu} {long_history:,}" if gsu else config
 
 
-def t975(degrees_of_freedom: int) -> float:
+def _continued_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz), converging for
+    x < (a + 1) / (a + b + 2)."""
+    tiny = 1e-300
+
+    def guard(v):
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1.0))
+    result = d
+    for m in range(1, 1000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 / guard(1.0 + numerator * d)
+            c = guard(1.0 + numerator / c)
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return result
+
+
+def regularized_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularised incomplete beta function, for a, b > 0 and 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    # The fraction converges fast on one side of the mean only; the symmetry I_x(a, b) = 1 - I_{1-x}(b, a)
+    # covers the other.
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, degrees_of_freedom: float) -> float:
+    """P(T <= t) for Student's t with the given degrees of freedom."""
+    tail = 0.5 * regularized_beta(degrees_of_freedom / 2.0, 0.5, degrees_of_freedom / (degrees_of_freedom + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(probability: float, degrees_of_freedom: int) -> float:
+    """The t with P(T <= t) = ``probability`` (0.5 <= probability < 1), by bisection on :func:`t_cdf`.
+    Exact for any level and any number of pairs, so an interval at 99.7% (several looks at one claim,
+    each at 5%/m) is as right as one at 95%."""
     if degrees_of_freedom < 1:
         raise ValueError("a confidence interval needs at least two pairs")
-    if degrees_of_freedom <= len(_T975):
-        return _T975[degrees_of_freedom - 1]
-    return 2.000 if degrees_of_freedom <= 60 else 1.980 if degrees_of_freedom <= 120 else 1.960
+    if not 0.5 <= probability < 1.0:
+        raise ValueError(f"probability must be in [0.5, 1), got {probability}")
+    low, high = 0.0, 1.0
+    while t_cdf(high, degrees_of_freedom) < probability:
+        low, high = high, 2.0 * high
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if t_cdf(middle, degrees_of_freedom) < probability:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 1e-12 * high:
+            break
+    return 0.5 * (low + high)
+
+
+def t975(degrees_of_freedom: int) -> float:
+    """The two-sided 95% quantile of Student's t."""
+    return t_quantile(0.975, degrees_of_freedom)
 
 
 def load_report(path: str) -> dict:
@@ -95,6 +151,7 @@ class Comparison:
     seeds: tuple[int, ...] = ()
     auc_differences: tuple[float, ...] = ()  # new - base, per seed, in the order of ``seeds``
     base_auc_sd: float | None = None  # the base's seed-to-seed standard deviation
+    confidence: float = 0.95  # the two-sided level of ``interval``
 
     @property
     def throughput_ratio(self) -> float | None:
@@ -108,11 +165,11 @@ class Comparison:
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        """95% confidence interval of the mean paired difference (needs two or more pairs)."""
+        """The ``confidence`` interval of the mean paired difference (needs two or more pairs)."""
         n = len(self.auc_differences)
         if n < 2:
             return None
-        half = t975(n - 1) * statistics.stdev(self.auc_differences) / math.sqrt(n)
+        half = t_quantile(0.5 + self.confidence / 2.0, n - 1) * statistics.stdev(self.auc_differences) / math.sqrt(n)
         mean = statistics.fmean(self.auc_differences)
         return mean - half, mean + half
 
@@ -201,9 +258,15 @@ def compare_search_units(report: dict, baseline: str) -> list[Comparison]:
     return out
 
 
+def confidence_label(confidence: float) -> str:
+    """0.95 -> "95%", 0.997368 -> "99.7368%"."""
+    return f"{100 * confidence:.6g}%"
+
+
 def format_comparisons(comparisons: list[Comparison], tolerance: float) -> str:
+    level = confidence_label(comparisons[0].confidence) if comparisons else "95%"
     header = ["model", "preset", "mode", "base -> new", "samples/s", "ratio", "AUC pairs",
-              "new - base per seed", "mean [95% CI]", f"|diff| <= {tolerance:g}", "base seed sd", "verdict"]
+              "new - base per seed", f"mean [{level} CI]", f"|diff| <= {tolerance:g}", "base seed sd", "verdict"]
     rows = []
     for c in comparisons:
         speed = (f"{c.base_throughput:,.0f} -> {c.new_throughput:,.0f}"

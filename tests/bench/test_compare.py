@@ -40,8 +40,8 @@ def test_pairs_by_seed_and_computes_the_interval_by_hand():
     assert c.auc_differences == pytest.approx((0.001, -0.002, 0.002, 0.003))
     assert c.mean_difference == pytest.approx(0.001)
     sd = statistics.stdev([0.001, -0.002, 0.002, 0.003])  # 0.0021602
-    half = 3.182 * sd / 2.0  # t(0.975, 3 df) * sd / sqrt(4)
-    assert c.interval == pytest.approx((0.001 - half, 0.001 + half))
+    half = 3.182 * sd / 2.0  # t(0.975, 3 df), tabled to three decimals, * sd / sqrt(4)
+    assert c.interval == pytest.approx((0.001 - half, 0.001 + half), abs=1e-6)
     assert c.within(0.002) == 3  # |0.003| is the one outside
     assert c.base_auc_sd == pytest.approx(statistics.stdev([0.80, 0.82, 0.81, 0.79]))
     assert c.throughput_ratio == pytest.approx(statistics.median([200, 210, 190, 220]) / statistics.median([100, 120, 110, 90]))
@@ -88,11 +88,41 @@ def test_seed_comes_from_the_command_or_the_repeat_index():
     assert bench_compare.seed_of({}, 4) == 4
 
 
-def test_t_quantiles():
-    assert bench_compare.t975(1) == 12.706 and bench_compare.t975(30) == 2.042
-    assert bench_compare.t975(1000) == 1.960
+# Published two-sided 95% quantiles of Student's t, 1..30 degrees of freedom (three decimals).
+_TABLE_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+               2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+               2.045, 2.042)
+
+
+def test_t_quantiles_match_the_table_and_closed_forms():
+    for df, tabled in enumerate(_TABLE_T975, 1):
+        assert bench_compare.t975(df) == pytest.approx(tabled, abs=5e-4), df
+    # Beyond the table: 40 and 120 degrees of freedom (published 2.021, 1.980), then the normal's 1.960.
+    assert bench_compare.t975(40) == pytest.approx(2.021, abs=5e-4)
+    assert bench_compare.t975(120) == pytest.approx(1.980, abs=5e-4)
+    assert bench_compare.t975(10**7) == pytest.approx(1.95996, abs=1e-4)
+    # Other levels: 99% at 10 df (3.169), 99.9% at 5 df (6.869).
+    assert bench_compare.t_quantile(0.995, 10) == pytest.approx(3.169, abs=5e-4)
+    assert bench_compare.t_quantile(0.9995, 5) == pytest.approx(6.869, abs=5e-4)
+    # Closed forms: 1 df is Cauchy, tan(pi (p - 1/2)); 2 df is (2p - 1) / sqrt(2 p (1 - p)).
+    for p in (0.6, 0.975, 0.9986842, 0.99999):
+        assert bench_compare.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
+        assert bench_compare.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+    assert bench_compare.t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError):
         bench_compare.t975(0)
+    with pytest.raises(ValueError):
+        bench_compare.t_quantile(1.0, 5)
+
+
+def test_a_stricter_confidence_widens_the_interval_by_its_quantile():
+    differences = (0.001, -0.002, 0.002, 0.003)
+    c = bench_compare.Comparison("sim", "small", "auc", "fp32", "amp", seeds=(0, 1, 2, 3),
+                                 auc_differences=differences, confidence=0.99)
+    half = 5.841 * statistics.stdev(differences) / 2.0  # t(0.995, 3 df) * sd / sqrt(4)
+    assert c.interval == pytest.approx((0.001 - half, 0.001 + half), abs=1e-6)
+    assert bench_compare.confidence_label(0.99) == "99%"
+    assert "mean [99% CI]" in bench_compare.format_comparisons([c], 0.002)
 
 
 def test_bad_inputs_name_the_problem(tmp_path):
@@ -126,7 +156,7 @@ def test_command_prints_the_table_and_writes_json(tmp_path):
     assert "demo_tfrecord" in result.stdout and "+0.0010 +0.0010 +0.0010" in result.stdout
     (row,) = json.loads(out.read_text())["comparisons"]
     assert row["mean_auc_difference"] == pytest.approx(0.001) and row["within_tolerance"] == 3
-    assert row["interval95"] == pytest.approx([0.001, 0.001], abs=1e-9)
+    assert row["interval"] == pytest.approx([0.001, 0.001], abs=1e-9) and row["confidence"] == 0.95
     assert row["verdict"] == "mean within +-0.002"
     assert not math.isnan(row["base_auc_sd"])
     bad = subprocess.run([sys.executable, "-m", "sim_tf", "benchmark-compare", str(path), "--baseline_config=fp16"],
@@ -135,6 +165,13 @@ def test_command_prints_the_table_and_writes_json(tmp_path):
     none = subprocess.run([sys.executable, "-m", "sim_tf", "benchmark-compare"], capture_output=True, text=True,
                           timeout=120)
     assert none.returncode == 1 and "got 0 argument(s)" in none.stderr
+    strict = subprocess.run([sys.executable, "-m", "sim_tf", "benchmark-compare", str(path), "--confidence=0.99"],
+                            capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 0 and "mean [99% CI]" in strict.stdout, strict.stderr
+    for level in ("1.5", "0"):
+        wrong = subprocess.run([sys.executable, "-m", "sim_tf", "benchmark-compare", str(path), f"--confidence={level}"],
+                               capture_output=True, text=True, timeout=120)
+        assert wrong.returncode == 1 and "--confidence: a level between 0 and 1" in wrong.stderr, wrong.stderr
 
 
 def test_search_units_pair_by_seed_within_the_same_history_only():
