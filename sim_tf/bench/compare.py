@@ -98,11 +98,6 @@ def t_quantile(probability: float, degrees_of_freedom: int) -> float:
     return 0.5 * (low + high)
 
 
-def t975(degrees_of_freedom: int) -> float:
-    """The two-sided 95% quantile of Student's t."""
-    return t_quantile(0.975, degrees_of_freedom)
-
-
 def load_report(path: str) -> dict:
     """A `sim-tf benchmark --json_output` file, checked enough to name what is wrong with a bad one."""
     try:

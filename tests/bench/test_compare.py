@@ -96,11 +96,11 @@ _TABLE_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2
 
 def test_t_quantiles_match_the_table_and_closed_forms():
     for df, tabled in enumerate(_TABLE_T975, 1):
-        assert bench_compare.t975(df) == pytest.approx(tabled, abs=5e-4), df
+        assert bench_compare.t_quantile(0.975, df) == pytest.approx(tabled, abs=5e-4), df
     # Beyond the table: 40 and 120 degrees of freedom (published 2.021, 1.980), then the normal's 1.960.
-    assert bench_compare.t975(40) == pytest.approx(2.021, abs=5e-4)
-    assert bench_compare.t975(120) == pytest.approx(1.980, abs=5e-4)
-    assert bench_compare.t975(10**7) == pytest.approx(1.95996, abs=1e-4)
+    assert bench_compare.t_quantile(0.975, 40) == pytest.approx(2.021, abs=5e-4)
+    assert bench_compare.t_quantile(0.975, 120) == pytest.approx(1.980, abs=5e-4)
+    assert bench_compare.t_quantile(0.975, 10**7) == pytest.approx(1.95996, abs=1e-4)
     # Other levels: 99% at 10 df (3.169), 99.9% at 5 df (6.869).
     assert bench_compare.t_quantile(0.995, 10) == pytest.approx(3.169, abs=5e-4)
     assert bench_compare.t_quantile(0.9995, 5) == pytest.approx(6.869, abs=5e-4)
@@ -110,7 +110,7 @@ def test_t_quantiles_match_the_table_and_closed_forms():
         assert bench_compare.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
     assert bench_compare.t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError):
-        bench_compare.t975(0)
+        bench_compare.t_quantile(0.975, 0)
     with pytest.raises(ValueError):
         bench_compare.t_quantile(1.0, 5)
 
